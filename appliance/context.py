@@ -1,0 +1,86 @@
+"""Typed per-connection and per-transaction state shared by the SMTP adapter and the filters."""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+import time
+from dataclasses import dataclass, field
+from email.message import Message
+from enum import StrEnum
+from functools import cached_property
+
+from appliance.verdict import Final, Symbol
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class Listener(StrEnum):
+    INBOUND = "inbound"  # the internet-facing port 25
+    RELAY = "relay"  # outgoing mail from the internal mail server
+
+
+def new_id() -> str:
+    """A sortable, unique transaction/session id: time in ms (hex) plus randomness."""
+    return f"{int(time.time() * 1000):011x}{secrets.token_hex(4)}"
+
+
+@dataclass(slots=True)
+class ConnectionContext:
+    peer_ip: IPAddress
+    peer_port: int
+    listener: Listener
+    id: str = field(default_factory=new_id)
+    started_at: float = field(default_factory=time.time)
+    helo: str | None = None
+    esmtp: bool = False
+    tls: bool = False
+    transactions: int = 0
+    # Results of connect/helo-stage checks, carried into every transaction.
+    symbols: list[Symbol] = field(default_factory=list)
+    final: Final | None = None
+
+    @property
+    def is_relay(self) -> bool:
+        return self.listener is Listener.RELAY
+
+
+@dataclass(slots=True)
+class RecipientContext:
+    """The recipient a rcpt-stage filter is judging; `address` is not yet in `rcpt_tos`."""
+
+    address: str
+    options: tuple[str, ...] = ()
+
+
+@dataclass
+class TransactionContext:
+    connection: ConnectionContext
+    mail_from: str = ""  # "" is the null sender <>
+    mail_options: tuple[str, ...] = ()
+    rcpt_tos: list[str] = field(default_factory=list)
+    current_rcpt: RecipientContext | None = None
+    content: bytes | None = None  # exact octets after dot-unstuffing, CRLF line ends
+    id: str = field(default_factory=new_id)
+    started_at: float = field(default_factory=time.time)
+    symbols: list[Symbol] = field(default_factory=list)
+    final: Final | None = None
+    # Which list made the message exempt from scoring (whitelist, noprocessing, ...).
+    accepted_by: str | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.content) if self.content is not None else 0
+
+    @property
+    def sender_domain(self) -> str:
+        return self.mail_from.rpartition("@")[2].lower()
+
+    @cached_property
+    def message(self) -> Message:
+        """The parsed message, built once on first use by any data-stage filter."""
+        from appliance import mime
+
+        if self.content is None:
+            raise RuntimeError("message content is only available at the data stage")
+        return mime.parse(self.content)
