@@ -39,6 +39,7 @@ class ConnectionContext:
     # Results of connect/helo-stage checks, carried into every transaction.
     symbols: list[Symbol] = field(default_factory=list)
     final: Final | None = None
+    accepted_by: str | None = None  # a connect-stage allow list exempts every transaction
 
     @property
     def is_relay(self) -> bool:
@@ -67,6 +68,11 @@ class TransactionContext:
     final: Final | None = None
     # Which list made the message exempt from scoring (whitelist, noprocessing, ...).
     accepted_by: str | None = None
+    # In test mode a block is remembered here and the message is tagged instead.
+    blocked_in_test_mode: Final | None = None
+    filter_errors: int = 0
+    # Recipients refused at RCPT (by us or by Postfix) with the reply they got.
+    rejected_recipients: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def size(self) -> int:

@@ -1,0 +1,135 @@
+"""`postwall`: the one command-line entry point, one small function per subcommand."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from appliance import __version__
+from appliance.config import loader
+
+DEFAULT_CONFIG = Path("/etc/postwall/postwall.yml")
+
+config_option = click.option(
+    "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
+    default=DEFAULT_CONFIG, show_default=True, help="Base configuration file.",
+)
+
+
+def load_or_exit(path: Path) -> loader.LoadedConfig:
+    if not path.exists():
+        raise click.ClickException(f"{path}: no such configuration file")
+    try:
+        return loader.load(path)
+    except loader.ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="postwall")
+def main() -> None:
+    """Postwall: an anti-spam SMTP proxy in front of your mail server."""
+
+
+@main.command()
+@config_option
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Worker processes sharing the ports (default: one per core).")
+def serve(config_path: Path, workers: int | None) -> None:
+    """Run the proxy on the configured listeners."""
+    from appliance.smtp.server import Supervisor
+
+    load_or_exit(config_path)
+    count = workers or os.cpu_count() or 1
+    sys.exit(Supervisor(config_path, count).run())
+
+
+@main.command("check-config")
+@config_option
+def check_config(config_path: Path) -> None:
+    """Validate the configuration and print the resolved pipeline."""
+    from appliance.runtime import Runtime
+
+    loaded = load_or_exit(config_path)
+    try:
+        runtime = Runtime(loaded, None)
+    except (ValueError, loader.ConfigError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    config = loaded.config
+    click.echo(f"configuration OK: {loaded.base_path}"
+               + (f" + {loaded.overrides_path}" if loaded.overrides_path
+                  and loaded.overrides_path.exists() else ""))
+    click.echo(f"listeners: inbound={config.listen.inbound} relay={config.listen.relay or 'off'}")
+    click.echo(f"downstream: {config.downstream.host}:{config.downstream.port}")
+    click.echo(f"local domains: {', '.join(config.local_domains) or '(none: inbound accepts "
+               "no recipient)'}")
+    click.echo(f"test mode: {'on' if config.test_mode else 'off'}")
+    t = config.scoring.thresholds
+    click.echo(f"thresholds: tag={t.tag} quarantine={t.quarantine} discard={t.discard} "
+               f"reject={t.reject}")
+    click.echo("pipeline:")
+    for line in runtime.pipeline.describe():
+        click.echo(f"  {line}")
+    click.echo("symbols:")
+    for filter_ in runtime.pipeline.ordered():
+        for spec in filter_.symbols:
+            weight = filter_.weight(spec.name)
+            source = "config" if spec.name in config.scoring.weights else "default"
+            group = f" [{spec.group}]" if spec.group else ""
+            click.echo(f"  {spec.name:28} {weight:+7.2f} ({source}){group}  {spec.description}")
+
+
+@main.command()
+@config_option
+@click.argument("message", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--from", "sender", help="Envelope sender (default: Return-Path or From).")
+@click.option("--to", "recipients", multiple=True, help="Envelope recipient (repeatable).")
+@click.option("--ip", "client_ip", default="192.0.2.1", show_default=True,
+              help="Client IP address the message came from.")
+@click.option("--helo", default="unknown", show_default=True, help="Client HELO name.")
+def analyze(config_path: Path, message: Path, sender: str | None,
+            recipients: tuple[str, ...], client_ip: str, helo: str) -> None:
+    """Run the whole pipeline on MESSAGE without sending it; print every symbol."""
+    import ipaddress
+
+    from appliance.analysis import analyze as run_analysis
+    from appliance.runtime import Runtime
+
+    try:
+        ipaddress.ip_address(client_ip)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--ip") from exc
+    loaded = load_or_exit(config_path)
+    storage = open_storage_if_present(loaded.config.data_dir)
+    runtime = Runtime(loaded, storage, record=False)
+    content = message.read_bytes()
+    result = asyncio.run(run_analysis(
+        runtime, content, sender=sender, recipients=list(recipients) or None,
+        client_ip=client_ip, helo=helo,
+    ))
+    click.echo(f"message: {message} ({len(content)} bytes)")
+    click.echo(result.render())
+    if storage is not None:
+        storage.close()
+
+
+def open_storage_if_present(data_dir: Path):  # type: ignore[no-untyped-def]
+    from appliance.storage.facade import DB_FILENAME, Storage
+
+    if not (data_dir / DB_FILENAME).exists():
+        return None
+    try:
+        return Storage.open(data_dir)
+    except Exception as exc:
+        click.echo(f"warning: lists in {data_dir} unavailable: {exc}", err=True)
+        return None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Prometheus metrics, shared by all worker processes through prometheus_client's
+multiprocess mode (the supervisor serves them on one loopback port).
+
+The supervisor sets PROMETHEUS_MULTIPROC_DIR before this module is first imported."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CONNECTIONS = Counter(
+    "postwall_connections_total", "SMTP connections accepted", ["listener"]
+)
+CONNECTIONS_REFUSED = Counter(
+    "postwall_connections_refused_total", "Connections refused before the dialogue", ["reason"]
+)
+ACTIVE_SESSIONS = Gauge(
+    "postwall_active_sessions", "SMTP sessions open now", ["listener"], multiprocess_mode="livesum"
+)
+MESSAGES = Counter(
+    "postwall_messages_total", "Messages by final action", ["listener", "action"]
+)
+SYMBOL_HITS = Counter("postwall_symbol_hits_total", "Symbols emitted by filters", ["symbol"])
+DOWNSTREAM_LATENCY = Histogram(
+    "postwall_downstream_latency_seconds",
+    "Time from DATA to the downstream's final reply",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+ERRORS = Counter("postwall_errors_total", "Errors by kind", ["kind"])
+
+
+def serve(listen: str) -> None:
+    """Start the metrics HTTP endpoint in the supervisor (a daemon thread)."""
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from appliance.config.schema import parse_hostport
+
+    host, port = parse_hostport(listen)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    start_http_server(port, addr=host, registry=registry)
+
+
+def mark_worker_dead(pid: int) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid)

@@ -1,0 +1,270 @@
+"""Everything one worker process holds while it serves: configuration, pipeline, lists,
+storage handles, the downstream pool and the live sessions. Reload swaps it in place."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from appliance import actions, metrics, mime
+from appliance.config import loader
+from appliance.config.loader import LoadedConfig
+from appliance.context import ConnectionContext, IPAddress, TransactionContext
+from appliance.filters.registry import build_filters, declared_symbols
+from appliance.pipeline import Pipeline
+from appliance.services import ListRegistry, Services
+from appliance.smtp import replies
+from appliance.smtp.downstream import DownstreamPool
+from appliance.storage.messagelog import MessageLogEntry, MessageLogWriter
+from appliance.verdict import Action, Reply, Symbol
+
+if TYPE_CHECKING:
+    from appliance.smtp.session import PostwallSMTP
+    from appliance.storage.facade import Storage
+
+log = logging.getLogger("postwall.runtime")
+
+KEEP_FOLDER = {
+    Action.QUARANTINE: "spam",
+    Action.REJECT: "spam",
+    Action.DISCARD: "discarded",
+}
+
+
+class Runtime:
+    def __init__(
+        self, loaded: LoadedConfig, storage: Storage | None, *, worker: int = 0,
+        record: bool = True,
+    ) -> None:
+        self.worker = worker
+        self.storage = storage
+        self.lists = ListRegistry()
+        self._list_counter: int | None = None
+        self.sessions: set[PostwallSMTP] = set()
+        self.sessions_by_ip: Counter[str] = Counter()
+        self.draining = False
+        self.log_writer = (
+            MessageLogWriter(storage.messagelog) if storage is not None and record else None
+        )
+        self.apply(loaded)
+        self.pool = DownstreamPool(self.config.downstream, self.config.smtp.hostname)
+
+    # -- configuration ---------------------------------------------------------
+
+    def apply(self, loaded: LoadedConfig) -> None:
+        """Build everything derived from the configuration; raise before changing anything
+        if it cannot be built, so a bad reload leaves the old configuration serving."""
+        config = loaded.config
+        db_values = self._db_list_values()
+        lists = ListRegistry()
+        lists.rebuild(config, db_values)
+        services = Services(lists=lists)
+        filters = build_filters(config, services)
+        declared = declared_symbols(filters)
+        pipeline = Pipeline(filters, declared, test_mode=config.test_mode)
+        exact = frozenset(d for d in config.local_domains if not d.startswith("*."))
+        suffixes = tuple(d[1:] for d in config.local_domains if d.startswith("*."))
+        relay_nets = tuple(ipaddress.ip_network(n) for n in config.relay_networks)
+        # Commit: nothing above touched self.
+        self.loaded = loaded
+        self.config = config
+        self.lists = lists
+        self.services = services
+        self.pipeline = pipeline
+        self.declared = declared
+        self._local_exact = exact
+        self._local_suffixes = suffixes
+        self._relay_nets = relay_nets
+        if hasattr(self, "pool"):
+            self.pool.settings = config.downstream
+            self.pool.helo_name = config.smtp.hostname
+
+    def reload(self) -> bool:
+        try:
+            loaded = loader.load(self.loaded.base_path)
+            self.apply(loaded)
+        except Exception as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return False
+        log.info("configuration reloaded (worker %d)", self.worker)
+        return True
+
+    def _db_list_values(self) -> dict[str, list[str]]:
+        if self.storage is None:
+            return {}
+        return self.storage.lists.active_values()
+
+    async def refresh_lists(self) -> None:
+        """Pick up list changes made by other processes (web UI, mail commands, workers)."""
+        if self.storage is None:
+            return
+        counter = await asyncio.to_thread(self.storage.lists.change_counter)
+        if counter == self._list_counter:
+            return
+        values = await asyncio.to_thread(self.storage.lists.active_values)
+        self.lists.rebuild(self.config, values)
+        self._list_counter = counter
+
+    # -- connections -------------------------------------------------------------
+
+    @staticmethod
+    def parse_peer(server: PostwallSMTP) -> tuple[IPAddress, int]:
+        peer = server.session.peer or ("0.0.0.0", 0)
+        ip = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return ip, int(peer[1])
+
+    def session_opened(self, server: PostwallSMTP) -> bool:
+        self.sessions.add(server)
+        self.sessions_by_ip[server.peer_ip_text] += 1
+        metrics.CONNECTIONS.labels(server.listener.value).inc()
+        metrics.ACTIVE_SESSIONS.labels(server.listener.value).inc()
+        return True
+
+    def session_closed(self, server: PostwallSMTP) -> None:
+        self.sessions.discard(server)
+        ip = server.peer_ip_text
+        self.sessions_by_ip[ip] -= 1
+        if self.sessions_by_ip[ip] <= 0:
+            del self.sessions_by_ip[ip]
+        metrics.ACTIVE_SESSIONS.labels(server.listener.value).dec()
+
+    def admission(self, server: PostwallSMTP) -> Reply | None:
+        limits = self.config.limits
+        if self.draining:
+            return replies.SHUTTING_DOWN
+        if len(self.sessions) > limits.max_connections:
+            metrics.CONNECTIONS_REFUSED.labels("max_connections").inc()
+            return replies.TOO_MANY_CONNECTIONS
+        if self.sessions_by_ip[server.peer_ip_text] > limits.max_connections_per_ip:
+            metrics.CONNECTIONS_REFUSED.labels("max_connections_per_ip").inc()
+            return replies.TOO_MANY_FROM_IP
+        return None
+
+    def is_relay_client(self, ip: IPAddress) -> bool:
+        return any(ip in net for net in self._relay_nets)
+
+    def is_local_domain(self, domain: str) -> bool:
+        domain = domain.lower().rstrip(".")
+        return domain in self._local_exact or domain.endswith(self._local_suffixes)
+
+    # -- after a message ----------------------------------------------------------
+
+    async def keep_copy(self, tx: TransactionContext, action: Action) -> str | None:
+        if self.storage is None or tx.content is None:
+            return None
+        store = self.config.store
+        folder = KEEP_FOLDER.get(action)
+        if folder == "spam" and not store.spam or folder == "discarded" and not store.discarded:
+            folder = None
+        if folder is None:
+            if tx.accepted_by is not None and store.okmail:
+                folder = "okmail"
+            elif action in (Action.DELIVER, Action.TAG) and store.notspam:
+                folder = "notspam"
+        paths = []
+        for name in filter(None, (folder, "archive" if store.archive else None)):
+            path = await asyncio.to_thread(self.storage.mail.keep, name, tx.id, tx.content)
+            paths.append(str(path))
+        return paths[0] if paths else None
+
+    def learn_outgoing(self, tx: TransactionContext) -> None:
+        """Recipients of outgoing mail become trusted senders, unless the sender is red."""
+        settings = self.config.autowhitelist
+        if self.storage is None or not settings.enabled or not tx.rcpt_tos:
+            return
+        if self.lists.is_red(tx.mail_from) or actions.is_red(tx):
+            return
+        expires = datetime.now(UTC) + timedelta(days=settings.days)
+        recipients = [r.lower() for r in tx.rcpt_tos]
+        task = asyncio.get_running_loop().run_in_executor(
+            None, self._add_autowhitelist, recipients, expires
+        )
+        task.add_done_callback(_log_failure)
+
+    def _add_autowhitelist(self, recipients: list[str], expires: datetime) -> None:
+        assert self.storage is not None
+        self.storage.lists.add_many("autowhitelist", recipients, expires_at=expires, source="auto")
+
+    def observe_downstream(self, seconds: float) -> None:
+        metrics.DOWNSTREAM_LATENCY.observe(seconds)
+
+    def count_error(self, kind: str) -> None:
+        metrics.ERRORS.labels(kind).inc()
+
+    def log_refusal(
+        self, conn: ConnectionContext, reply: Reply, reason: str,
+        symbols: list[Symbol] | None = None,
+    ) -> None:
+        tx = TransactionContext(connection=conn, symbols=list(symbols or ()))
+        self.log_transaction(tx, Action.REJECT, 0.0, reply, None, f"connect: {reason}")
+
+    def log_transaction(
+        self, tx: TransactionContext, action: Action | None, total: float, reply: Reply | None,
+        downstream_reply: str | None, reason: str, kept: str | None = None,
+    ) -> None:
+        label = action.label if action is not None else "aborted"
+        if reply is not None and reply.is_temporary and action is Action.REJECT:
+            label = "tempfail"
+        listener = tx.connection.listener.value
+        metrics.MESSAGES.labels(listener, label).inc()
+        for symbol in tx.symbols:
+            metrics.SYMBOL_HITS.labels(symbol.name).inc()
+        conn = tx.connection
+        reply_text = str(reply) if reply is not None else "; ".join(
+            f"{rcpt}: {text}" for rcpt, text in tx.rejected_recipients
+        )
+        log.info(
+            "tx=%s listener=%s ip=%s from=<%s> to=%s size=%d action=%s score=%g reply=%r "
+            "reason=%s symbols=%s",
+            tx.id, listener, conn.peer_ip, tx.mail_from, ",".join(tx.rcpt_tos) or "-",
+            tx.size, label, total, reply_text, reason,
+            " ".join(f"{s.name}({s.score:g})" for s in tx.symbols) or "-",
+        )
+        if self.log_writer is None:
+            return
+        self.log_writer.submit(MessageLogEntry(
+            id=tx.id,
+            time=datetime.fromtimestamp(tx.started_at, UTC),
+            listener=listener,
+            client_ip=str(conn.peer_ip),
+            helo=conn.helo or "",
+            sender=tx.mail_from,
+            recipients=list(tx.rcpt_tos) or [r for r, _ in tx.rejected_recipients],
+            subject=subject_of(tx),
+            size=tx.size,
+            symbols=[(s.name, s.score, s.reason) for s in tx.symbols],
+            total=total,
+            action=label,
+            reply=reply_text,
+            downstream_reply=downstream_reply,
+            duration_ms=round((time.time() - tx.started_at) * 1000, 2),
+            quarantine_path=kept,
+        ))
+
+    async def close(self) -> None:
+        await self.pool.close()
+        if self.log_writer is not None:
+            await asyncio.to_thread(self.log_writer.close)
+
+
+def subject_of(tx: TransactionContext) -> str:
+    if tx.content is None:
+        return ""
+    try:
+        if "message" in tx.__dict__:
+            return mime.decoded_header(tx.message, "Subject")[:300]
+        return mime.decoded_header(mime.parse_headers(tx.content), "Subject")[:300]
+    except Exception:  # a subject we cannot decode must not lose the log row
+        return ""
+
+
+def _log_failure(future: asyncio.Future[object]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("autowhitelist update failed: %s", future.exception())

@@ -1,0 +1,286 @@
+"""The aiosmtpd adapter: SMTP stages -> pipeline -> replies, with the in-line relay.
+
+The only module that touches aiosmtpd's Envelope: a hook that accepts sets the state
+itself, and a recipient enters the envelope only after Postfix accepted it too."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from appliance import actions
+from appliance.context import ConnectionContext, RecipientContext, TransactionContext
+from appliance.smtp import replies
+from appliance.smtp.downstream import DownstreamError, DownstreamTransaction
+from appliance.verdict import Action, Decision, Final, Reply, Stage
+
+if TYPE_CHECKING:
+    from aiosmtpd.smtp import Envelope
+
+    from appliance.runtime import Runtime
+    from appliance.smtp.session import PostwallSession, PostwallSMTP
+
+log = logging.getLogger("postwall.smtp")
+
+FORBIDDEN_LOCAL_PART_CHARS = ("%", "!", "@")
+
+
+def _reply_for_final(final: Final, default: Reply) -> Reply:
+    if final.reply is not None:
+        return final.reply
+    return default
+
+
+class Handler:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    # -- connection ---------------------------------------------------------
+
+    async def on_connect(self, server: PostwallSMTP) -> Reply | None:
+        """Limits, the relay ACL and connect-stage filters, before the greeting."""
+        runtime = self.runtime
+        session = server.session
+        ip, port = runtime.parse_peer(server)
+        conn = ConnectionContext(peer_ip=ip, peer_port=port, listener=server.listener)
+        session.conn = conn
+        refusal = runtime.admission(server)
+        if refusal is not None:
+            runtime.log_refusal(conn, refusal, "limit")
+            return refusal
+        if conn.is_relay and not runtime.is_relay_client(ip):
+            runtime.log_refusal(conn, replies.RELAY_CLIENT_DENIED, "relay acl")
+            return replies.RELAY_CLIENT_DENIED
+        tx = TransactionContext(connection=conn)
+        result = await runtime.pipeline.run(Stage.CONNECT, tx)
+        conn.symbols = tx.symbols
+        conn.accepted_by = tx.accepted_by
+        if result.final is not None:
+            reply = _reply_for_final(result.final, replies.LOCAL_ERROR)
+            if result.final.decision is Decision.TEMPFAIL:
+                reply = Reply(421, reply.enhanced or "4.7.0", reply.text)
+            runtime.log_refusal(conn, reply, result.final.symbol.name, tx.symbols)
+            return reply
+        return None
+
+    async def _helo_stage(self, session: PostwallSession, hostname: str) -> Reply | None:
+        conn = session.conn
+        assert conn is not None
+        conn.helo = hostname
+        tx = TransactionContext(connection=conn, symbols=list(conn.symbols))
+        tx.accepted_by = conn.accepted_by
+        result = await self.runtime.pipeline.run(Stage.HELO, tx)
+        conn.symbols = tx.symbols
+        conn.accepted_by = tx.accepted_by
+        if result.final is not None:
+            return _reply_for_final(result.final, replies.LOCAL_ERROR)
+        return None
+
+    async def handle_EHLO(
+        self, server: PostwallSMTP, session: PostwallSession, envelope: Envelope,
+        hostname: str, responses: list[str],
+    ) -> list[str]:
+        await self._end_transaction(session, "EHLO")
+        assert session.conn is not None
+        session.conn.esmtp = True
+        refusal = await self._helo_stage(session, hostname)
+        if refusal is not None:
+            return [str(refusal)]
+        session.host_name = hostname
+        out = [r for r in responses if not r[4:].startswith("AUTH")]
+        out.insert(len(out) - 1, "250-PIPELINING")
+        out.insert(len(out) - 1, "250-ENHANCEDSTATUSCODES")
+        return out
+
+    async def handle_HELO(
+        self, server: PostwallSMTP, session: PostwallSession, envelope: Envelope, hostname: str
+    ) -> str:
+        await self._end_transaction(session, "HELO")
+        assert session.conn is not None
+        session.conn.esmtp = False
+        refusal = await self._helo_stage(session, hostname)
+        if refusal is not None:
+            return str(refusal)
+        session.host_name = hostname
+        return f"250 {server.hostname}"
+
+    # -- transaction ----------------------------------------------------------
+
+    async def handle_MAIL(
+        self, server: PostwallSMTP, session: PostwallSession, envelope: Envelope,
+        address: str, mail_options: list[str],
+    ) -> str:
+        conn = session.conn
+        assert conn is not None
+        limits = self.runtime.config.limits
+        if conn.transactions >= limits.max_transactions:
+            server.close_with(replies.TOO_MANY_MESSAGES)
+            return str(replies.TOO_MANY_MESSAGES)
+        await self._end_transaction(session, "new MAIL")
+        conn.transactions += 1
+        tx = TransactionContext(
+            connection=conn, mail_from=address, mail_options=tuple(mail_options),
+            symbols=list(conn.symbols),
+        )
+        tx.accepted_by = conn.accepted_by
+        result = await self.runtime.pipeline.run(Stage.MAIL, tx)
+        if result.final is not None:
+            self.runtime.log_transaction(tx, Action.REJECT, 0.0, _reply_for_final(
+                result.final, replies.LOCAL_ERROR), None, "MAIL")
+            return str(_reply_for_final(result.final, replies.LOCAL_ERROR))
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        session.tx = tx
+        return str(replies.SENDER_OK)
+
+    async def handle_RCPT(
+        self, server: PostwallSMTP, session: PostwallSession, envelope: Envelope,
+        address: str, rcpt_options: list[str],
+    ) -> str:
+        tx = session.tx
+        assert tx is not None
+        runtime = self.runtime
+        if len(envelope.rcpt_tos) >= runtime.config.limits.max_recipients:
+            return str(replies.TOO_MANY_RECIPIENTS)
+        refusal = self._relay_check(tx, address)
+        if refusal is not None:
+            tx.rejected_recipients.append((address, str(refusal)))
+            return str(refusal)
+        tx.current_rcpt = RecipientContext(address, tuple(rcpt_options))
+        saved_final, saved_accept = tx.final, tx.accepted_by
+        result = await runtime.pipeline.run(Stage.RCPT, tx)
+        tx.current_rcpt = None
+        if result.final is not None:
+            # A refused recipient must not doom the others in the same transaction.
+            tx.final, tx.accepted_by = saved_final, saved_accept
+            reply = _reply_for_final(result.final, replies.LOCAL_ERROR)
+            tx.rejected_recipients.append((address, str(reply)))
+            return str(reply)
+        reply = await self._relay_recipient(session, tx, address)
+        if reply.is_success:
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
+            tx.rcpt_tos.append(address)
+        else:
+            tx.rejected_recipients.append((address, str(reply)))
+        return str(reply)
+
+    def _relay_check(self, tx: TransactionContext, address: str) -> Reply | None:
+        local, at, domain = address.rpartition("@")
+        if not at or not local:
+            return replies.BAD_RECIPIENT_SYNTAX
+        if tx.connection.is_relay:
+            return None
+        if any(c in local for c in FORBIDDEN_LOCAL_PART_CHARS):
+            return replies.RELAY_DENIED
+        if not self.runtime.is_local_domain(domain):
+            return replies.RELAY_DENIED
+        return None
+
+    async def _relay_recipient(
+        self, session: PostwallSession, tx: TransactionContext, address: str
+    ) -> Reply:
+        utf8 = any(o == "SMTPUTF8" for o in tx.mail_options)
+        try:
+            if session.downstream is None:
+                downstream = DownstreamTransaction(self.runtime.pool)
+                reply = await downstream.begin(tx.mail_from, list(tx.mail_options), utf8)
+                if not reply.is_success:
+                    return reply
+                session.downstream = downstream
+            return await session.downstream.add_recipient(address, utf8)
+        except DownstreamError as exc:
+            log.warning("tx=%s downstream unavailable at RCPT: %s", tx.id, exc)
+            self.runtime.count_error("downstream")
+            if session.downstream is not None:
+                session.downstream.discard_now()
+                session.downstream = None
+            return exc.reply
+
+    async def handle_DATA(
+        self, server: PostwallSMTP, session: PostwallSession, envelope: Envelope
+    ) -> str:
+        tx = session.tx
+        downstream = session.downstream
+        assert tx is not None
+        session.tx = None
+        session.downstream = None
+        runtime = self.runtime
+        tx.content = envelope.content  # type: ignore[assignment]
+        try:
+            reply, outcome, downstream_reply, kept = await self._judge_and_relay(tx, downstream)
+        except BaseException:
+            if downstream is not None:
+                downstream.discard_now()
+            raise
+        runtime.log_transaction(
+            tx, outcome.action, outcome.total, reply, downstream_reply, outcome.reason, kept
+        )
+        return str(reply)
+
+    async def _judge_and_relay(
+        self, tx: TransactionContext, downstream: DownstreamTransaction | None
+    ) -> tuple[Reply, actions.Outcome, str | None, str | None]:
+        runtime = self.runtime
+        config = runtime.config
+        inbound = not tx.connection.is_relay
+        await runtime.pipeline.run(Stage.DATA, tx)
+        outcome = actions.decide(tx, config, runtime.declared)
+        kept = None
+        if inbound:
+            kept = await runtime.keep_copy(tx, outcome.action)
+        if not outcome.delivers or (
+            outcome.action is Action.QUARANTINE and config.scoring.quarantine_delivers == "no"
+        ):
+            if downstream is not None:
+                await downstream.abort()
+            reply = outcome.reply if outcome.action is Action.REJECT else replies.DISCARDED
+            assert reply is not None
+            return reply, outcome, None, kept
+        if downstream is None:  # cannot happen: DATA needs an accepted recipient
+            return replies.LOCAL_ERROR, outcome, None, kept
+        rendered = actions.render(tx, outcome, config, inbound=inbound)
+        started = time.monotonic()
+        try:
+            reply = await downstream.send(rendered)
+        except DownstreamError as exc:
+            log.warning("tx=%s downstream failed at DATA: %s", tx.id, exc)
+            runtime.count_error("downstream")
+            return exc.reply, outcome, str(exc), kept
+        runtime.observe_downstream(time.monotonic() - started)
+        if reply.is_success and not inbound:
+            runtime.learn_outgoing(tx)
+        return reply, outcome, str(reply), kept
+
+    async def handle_RSET(
+        self, server: PostwallSMTP, session: PostwallSession, envelope: Envelope
+    ) -> str:
+        await self._end_transaction(session, "RSET")
+        return str(replies.OK)
+
+    async def handle_QUIT(
+        self, server: PostwallSMTP, session: PostwallSession, envelope: Envelope
+    ) -> str:
+        await self._end_transaction(session, "QUIT")
+        return "221 2.0.0 Bye"
+
+    async def abort_transaction(self, server: PostwallSMTP, reason: str) -> None:
+        await self._end_transaction(server.session, reason)
+
+    async def _end_transaction(self, session: PostwallSession, reason: str) -> None:
+        """A transaction that ends without DATA: undo it downstream and log it."""
+        downstream, session.downstream = session.downstream, None
+        tx, session.tx = session.tx, None
+        if downstream is not None:
+            try:
+                await asyncio.shield(downstream.abort())
+            except asyncio.CancelledError:
+                downstream.discard_now()
+                raise
+        if tx is not None:
+            action = Action.REJECT if tx.rejected_recipients else None
+            self.runtime.log_transaction(
+                tx, action, 0.0, None, None, f"ended without DATA: {reason}"
+            )
