@@ -1,0 +1,78 @@
+"""`Storage`: everything persistent of one appliance, opened and migrated in one call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from sqlalchemy import Engine
+
+from appliance.storage.engine import (
+    DEFAULT_BUSY_TIMEOUT_MS,
+    Database,
+    create_storage_engine,
+    current_version,
+    sqlite_url,
+    upgrade,
+)
+from appliance.storage.lists import ListStore
+from appliance.storage.mailstore import MailStore
+from appliance.storage.messagelog import MessageLog
+
+DB_FILENAME = "postwall.db"
+MAIL_DIRNAME = "mail"
+
+
+class Storage:
+    """All persistent state of one appliance: lists, message log and kept mail.
+
+    One instance per process (each worker process opens its own)."""
+
+    def __init__(self, engine: Engine, data_dir: Path) -> None:
+        self.engine = engine
+        self.data_dir = data_dir
+        self.db = Database(engine)
+        self.lists = ListStore(self.db)
+        self.messagelog = MessageLog(self.db)
+        self.mail = MailStore(data_dir / MAIL_DIRNAME)
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: Path,
+        url: str | None = None,
+        *,
+        busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+    ) -> Storage:
+        """Create `data_dir` if needed, connect (default: SQLite ``<data_dir>/postwall.db``)
+        and migrate the schema to the newest revision."""
+        data_dir = Path(data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        engine = create_storage_engine(
+            url or sqlite_url(data_dir / DB_FILENAME), busy_timeout_ms=busy_timeout_ms
+        )
+        try:
+            upgrade(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(engine, data_dir)
+
+    def schema_version(self) -> str | None:
+        """The revision the database is at (equals `head_version()` after `open`)."""
+        return current_version(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,107 @@
+"""The tables, as SQLAlchemy Core metadata.
+
+This is the target the migrations must produce (a test compares them); the migrations in
+``migrations/versions`` are what actually creates and changes the schema. Keep every type
+portable to PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+from appliance.storage.types import UTCDateTime
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+# Monotonic counters other processes poll to notice changes cheaply (e.g. "lists").
+counters = Table(
+    "counters",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", BigInteger, nullable=False, server_default="0"),
+)
+
+list_entries = Table(
+    "list_entries",
+    metadata,
+    Column("list_name", String(32), primary_key=True),
+    Column("value", String(1000), primary_key=True),
+    Column("comment", Text, nullable=False, server_default=""),
+    Column("added_by", String(255), nullable=False, server_default=""),
+    Column("source", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=True),
+    Index("ix_list_entries_expires_at", "expires_at"),
+)
+
+message_log = Table(
+    "message_log",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("time", UTCDateTime, nullable=False),
+    Column("listener", String(16), nullable=False),
+    Column("client_ip", String(45), nullable=False),
+    Column("helo", Text, nullable=False),
+    Column("sender", Text, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("total", Float, nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("reply", Text, nullable=False),
+    Column("downstream_reply", Text, nullable=True),
+    Column("duration_ms", Float, nullable=False),
+    Column("quarantine_path", Text, nullable=True),
+    Index("ix_message_log_time", "time"),
+    Index("ix_message_log_client_ip", "client_ip"),
+    Index("ix_message_log_action_time", "action", "time"),
+)
+
+message_recipients = Table(
+    "message_recipients",
+    metadata,
+    Column(
+        "message_id",
+        String(64),
+        ForeignKey("message_log.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("position", Integer, primary_key=True, autoincrement=False),
+    Column("address", Text, nullable=False),
+    Index("ix_message_recipients_address", "address"),
+)
+
+message_symbols = Table(
+    "message_symbols",
+    metadata,
+    Column(
+        "message_id",
+        String(64),
+        ForeignKey("message_log.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("position", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(128), nullable=False),
+    Column("score", Float, nullable=False),
+    Column("reason", Text, nullable=False),
+    Index("ix_message_symbols_name", "name"),
+)
