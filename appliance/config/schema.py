@@ -7,6 +7,7 @@ against them, and unknown keys are errors that name their path.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
 import socket
 from pathlib import Path
@@ -161,8 +162,9 @@ class Thresholds(Section):
 
     @model_validator(mode="after")
     def _ordered(self) -> Thresholds:
-        values = [v for v in (self.tag, self.quarantine, self.discard, self.reject) if v is not None]
-        if any(b < a for a, b in zip(values, values[1:], strict=False)):
+        chain = (self.tag, self.quarantine, self.discard, self.reject)
+        values = [v for v in chain if v is not None]
+        if any(b < a for a, b in itertools.pairwise(values)):
             raise ValueError("thresholds must not decrease: tag <= quarantine <= discard <= reject")
         return self
 
@@ -303,6 +305,12 @@ class AttachmentSettings(FilterSettings):
     max_archive_members: int = Field(1000, ge=1, description="Members listed per archive.")
     max_archive_bytes: int = Field(
         50 * 1024 * 1024, ge=1024, description="Uncompressed bytes read from nested archives."
+    )
+    max_archives: int = Field(
+        100,
+        ge=1,
+        description="Archives opened per attachment, nested ones included; beyond it "
+        "ARCHIVE_LIMIT (42.zip holds thousands of small zips).",
     )
     max_mime_depth: int = Field(
         50, ge=1, le=1000, description="Deeper MIME nesting is itself a finding (MIME_TOO_DEEP)."

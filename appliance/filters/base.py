@@ -81,7 +81,10 @@ class Filter(ABC):
         """Judge the transaction at this filter's stage; never mutate the envelope."""
 
     def describe(self) -> str:
-        return f"{self.name} ({self.stage.value}, {self.mode.value}, on_error={self.on_error.value})"
+        return (
+            f"{self.name} ({self.stage.value}, {self.mode.value}, "
+            f"on_error={self.on_error.value}, timeout={self.timeout:g}s)"
+        )
 
 
 def spec_weight(filter_: Filter | type[Filter], name: str) -> float:

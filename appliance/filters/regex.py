@@ -1,0 +1,116 @@
+"""Header and body regular expressions (ASSP bombRe, bombSubjectRe, whiteRe, redRe).
+
+Patterns are compiled once, case-insensitive and multi-line (so `^Subject:` works on the
+header text). The text searched is bounded: the decoded header block and the decoded
+body text (HTML stripped) each at most `max_scan_bytes` characters. A pattern that
+backtracks catastrophically is the admin's to fix, but it only ever sees bounded text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from appliance import mime
+from appliance.config.schema import RegexSettings, WeightedPattern
+from appliance.context import TransactionContext
+from appliance.filters.base import Filter
+from appliance.verdict import NO_FINDINGS, Stage, Symbol, SymbolSpec, Verdict
+
+if TYPE_CHECKING:
+    from appliance.config.schema import Config, FilterSettings
+    from appliance.services import Services
+
+FLAGS = re.IGNORECASE | re.MULTILINE
+_SPACE_RE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPattern:
+    source: str
+    regex: re.Pattern[str]
+    weight: float
+
+
+def compile_patterns(patterns: Sequence[WeightedPattern]) -> tuple[CompiledPattern, ...]:
+    return tuple(CompiledPattern(p.pattern, re.compile(p.pattern, FLAGS), p.weight)
+                 for p in patterns)
+
+
+def excerpt(match: re.Match[str], limit: int = 40) -> str:
+    text = _SPACE_RE.sub(" ", match.group(0)).strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class RegexFilter(Filter):
+    name: ClassVar[str] = "regex"
+    stage: ClassVar[Stage] = Stage.DATA
+    symbols: ClassVar[tuple[SymbolSpec, ...]] = (
+        SymbolSpec("BOMB_RE", 3.0, "A bomb_re pattern matched the headers or body (times "
+                   "the pattern's weight)", "regex"),
+        SymbolSpec("BOMB_SUBJECT", 3.0, "A bomb_subject_re pattern matched the subject "
+                   "(times the pattern's weight)", "regex"),
+        SymbolSpec("WHITE_RE", -10.0, "A white_re pattern matched: mail is wanted"),
+        SymbolSpec("RED_RE", 0.0, "A red_re pattern matched: mail is redlisted "
+                   "(autoresponder), never feeds the autowhitelist or the corpora", "red"),
+    )
+
+    def __init__(
+        self,
+        settings: FilterSettings,
+        weights: Mapping[str, float],
+        config: Config,
+        services: Services,
+    ) -> None:
+        super().__init__(settings, weights, config, services)
+        assert isinstance(settings, RegexSettings)
+        self.max_scan = settings.max_scan_bytes
+        self.bomb = compile_patterns(settings.bomb_re)
+        self.bomb_subject = compile_patterns(settings.bomb_subject_re)
+        self.white = compile_patterns(settings.white_re)
+        self.red = compile_patterns(settings.red_re)
+
+    async def check(self, ctx: TransactionContext) -> Verdict:
+        if not (self.bomb or self.bomb_subject or self.white or self.red):
+            return NO_FINDINGS
+        msg = ctx.message
+        texts: list[str] = []
+        if self.bomb or self.white or self.red:
+            texts = [mime.headers_text(msg, self.max_scan), mime.text_content(msg, self.max_scan)]
+        symbols: list[Symbol] = []
+        for pattern in self.bomb:
+            found = _search(pattern, texts)
+            if found is not None:
+                symbols.append(self.hit(
+                    "BOMB_RE", f"/{pattern.source}/ matched {excerpt(found)!r}", pattern.weight))
+        if self.bomb_subject:
+            subject = mime.decoded_header(msg, "Subject")[: self.max_scan]
+            for pattern in self.bomb_subject:
+                found = pattern.regex.search(subject)
+                if found is not None:
+                    symbols.append(self.hit(
+                        "BOMB_SUBJECT", f"/{pattern.source}/ matched {excerpt(found)!r}",
+                        pattern.weight))
+        for pattern in self.red:
+            found = _search(pattern, texts)
+            if found is not None:
+                symbols.append(self.hit(
+                    "RED_RE", f"/{pattern.source}/ matched {excerpt(found)!r}", pattern.weight))
+                break  # red is red: one mark is enough
+        for pattern in self.white:
+            found = _search(pattern, texts)
+            if found is not None:
+                accept = self.accept(
+                    "WHITE_RE", f"/{pattern.source}/ matched {excerpt(found)!r}")
+                return Verdict(symbols=tuple(symbols), final=accept.final)
+        return self.found(*symbols) if symbols else NO_FINDINGS
+
+
+def _search(pattern: CompiledPattern, texts: Sequence[str]) -> re.Match[str] | None:
+    for text in texts:
+        found = pattern.regex.search(text)
+        if found is not None:
+            return found
+    return None

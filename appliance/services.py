@@ -1,0 +1,143 @@
+"""What the pipeline hands to every filter besides the configuration (no I/O here).
+
+`ListRegistry` holds the compiled white/black/red/... lists and IP networks. It is built
+from the configuration's entries plus the database's active values (the storage module
+provides `active_values()`); `rebuild` swaps in a complete new set at once, so a lookup
+never sees half of an update.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from appliance.lists import IPIndex, ListIndex
+
+if TYPE_CHECKING:
+    from appliance.config.schema import Config
+
+log = logging.getLogger("postwall.services")
+
+ADDRESS_LISTS: tuple[str, ...] = (
+    "whitelist",
+    "blacklist",
+    "redlist",
+    "noprocessing",
+    "spamlovers",
+    "autowhitelist",
+)
+IP_LISTS: tuple[str, ...] = ("ip_allow", "ip_deny")
+LIST_NAMES: tuple[str, ...] = ADDRESS_LISTS + IP_LISTS
+
+
+def config_entries(config: Config) -> dict[str, list[str]]:
+    """Each list's entries as written in the configuration (the autowhitelist has none)."""
+    addresses = config.filters.address_lists
+    networks = config.filters.ip_lists
+    return {
+        "whitelist": list(addresses.whitelist),
+        "blacklist": list(addresses.blacklist),
+        "redlist": list(addresses.redlist),
+        "noprocessing": list(addresses.noprocessing),
+        "spamlovers": list(addresses.spamlovers),
+        "autowhitelist": [],
+        "ip_allow": list(networks.allow),
+        "ip_deny": list(networks.deny),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class _Indexes:
+    addresses: Mapping[str, ListIndex]
+    networks: Mapping[str, IPIndex]
+
+
+def _build(config: Config | None, db_values: Mapping[str, Sequence[str]] | None) -> _Indexes:
+    entries = config_entries(config) if config is not None else {n: [] for n in LIST_NAMES}
+    for name, values in (db_values or {}).items():
+        if name not in entries:
+            log.warning("ignoring values for unknown list %r", name)
+            continue
+        entries[name].extend(values)
+    return _Indexes(
+        addresses=MappingProxyType({n: ListIndex(entries[n], n) for n in ADDRESS_LISTS}),
+        networks=MappingProxyType({n: IPIndex(entries[n], n) for n in IP_LISTS}),
+    )
+
+
+class ListRegistry:
+    """One `ListIndex` per address list and one `IPIndex` per IP list, by name."""
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        db_values: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        self._indexes = _build(config, db_values)
+
+    def rebuild(self, config: Config, db_values: Mapping[str, Sequence[str]]) -> None:
+        """Recompile every list from `config` plus `db_values` (list name -> entries, e.g.
+        storage's `active_values()`); unknown names are logged and ignored."""
+        self._indexes = _build(config, db_values)  # one assignment: readers see old or new
+
+    def get(self, name: str) -> ListIndex:
+        return self._indexes.addresses[name]
+
+    def ip(self, name: str) -> IPIndex:
+        return self._indexes.networks[name]
+
+    def sizes(self) -> dict[str, int]:
+        """Entries per list, for status pages and logs."""
+        indexes = self._indexes
+        return {
+            **{name: len(index) for name, index in indexes.addresses.items()},
+            **{name: len(index) for name, index in indexes.networks.items()},
+        }
+
+    @property
+    def whitelist(self) -> ListIndex:
+        return self._indexes.addresses["whitelist"]
+
+    @property
+    def blacklist(self) -> ListIndex:
+        return self._indexes.addresses["blacklist"]
+
+    @property
+    def redlist(self) -> ListIndex:
+        return self._indexes.addresses["redlist"]
+
+    @property
+    def noprocessing(self) -> ListIndex:
+        return self._indexes.addresses["noprocessing"]
+
+    @property
+    def spamlovers(self) -> ListIndex:
+        return self._indexes.addresses["spamlovers"]
+
+    @property
+    def autowhitelist(self) -> ListIndex:
+        return self._indexes.addresses["autowhitelist"]
+
+    @property
+    def ip_allow(self) -> IPIndex:
+        return self._indexes.networks["ip_allow"]
+
+    @property
+    def ip_deny(self) -> IPIndex:
+        return self._indexes.networks["ip_deny"]
+
+
+@dataclass
+class Services:
+    """Shared, already-built helpers the filters use; cheap to read, free of I/O."""
+
+    lists: ListRegistry = field(default_factory=ListRegistry)
+
+    @classmethod
+    def from_config(
+        cls, config: Config, db_values: Mapping[str, Sequence[str]] | None = None
+    ) -> Services:
+        return cls(lists=ListRegistry(config, db_values))
