@@ -14,7 +14,6 @@ from appliance.scoring import score
 from appliance.verdict import Action, Decision, Reply, Symbol, SymbolSpec
 
 SPAMLOVER_SYMBOL = "SPAMLOVER"
-RED_SYMBOLS = frozenset({"REDLISTED", "RED_RE"})
 
 # Headers we write; copies arriving from outside are removed so nobody can forge a verdict.
 OWN_HEADER_RE = re.compile(
@@ -69,10 +68,6 @@ def decide(tx: TransactionContext, config: Config, declared: dict[str, SymbolSpe
 def all_spamlovers(tx: TransactionContext) -> bool:
     lovers = {s.reason.lower() for s in tx.symbols if s.name == SPAMLOVER_SYMBOL}
     return bool(tx.rcpt_tos) and all(r.lower() in lovers for r in tx.rcpt_tos)
-
-
-def is_red(tx: TransactionContext) -> bool:
-    return any(s.name in RED_SYMBOLS for s in tx.symbols)
 
 
 def strip_own_headers(content: bytes) -> bytes:

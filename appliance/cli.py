@@ -67,8 +67,8 @@ def check_config(config_path: Path) -> None:
                   and loaded.overrides_path.exists() else ""))
     click.echo(f"listeners: inbound={config.listen.inbound} relay={config.listen.relay or 'off'}")
     click.echo(f"downstream: {config.downstream.host}:{config.downstream.port}")
-    click.echo(f"local domains: {', '.join(config.local_domains) or '(none: inbound accepts "
-               "no recipient)'}")
+    domains = ", ".join(config.local_domains) or "(none: the inbound listener accepts nobody)"
+    click.echo(f"local domains: {domains}")
     click.echo(f"test mode: {'on' if config.test_mode else 'off'}")
     t = config.scoring.thresholds
     click.echo(f"thresholds: tag={t.tag} quarantine={t.quarantine} discard={t.discard} "

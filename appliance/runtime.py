@@ -11,11 +11,11 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from appliance import actions, metrics, mime
+from appliance import metrics, mime
 from appliance.config import loader
 from appliance.config.loader import LoadedConfig
 from appliance.context import ConnectionContext, IPAddress, TransactionContext
-from appliance.filters.registry import build_filters, declared_symbols
+from appliance.filters.registry import build_filters, declared_symbols, is_red
 from appliance.pipeline import Pipeline
 from appliance.services import ListRegistry, Services
 from appliance.smtp import replies
@@ -48,6 +48,7 @@ class Runtime:
         self.sessions: set[PostwallSMTP] = set()
         self.sessions_by_ip: Counter[str] = Counter()
         self.draining = False
+        self._sessions_changed = asyncio.Event()
         self.log_writer = (
             MessageLogWriter(storage.messagelog) if storage is not None and record else None
         )
@@ -65,7 +66,7 @@ class Runtime:
         lists.rebuild(config, db_values)
         services = Services(lists=lists)
         filters = build_filters(config, services)
-        declared = declared_symbols(filters)
+        declared = declared_symbols()
         pipeline = Pipeline(filters, declared, test_mode=config.test_mode)
         exact = frozenset(d for d in config.local_domains if not d.startswith("*."))
         suffixes = tuple(d[1:] for d in config.local_domains if d.startswith("*."))
@@ -127,8 +128,14 @@ class Runtime:
         metrics.ACTIVE_SESSIONS.labels(server.listener.value).inc()
         return True
 
+    async def all_sessions_closed(self) -> None:
+        while self.sessions:
+            self._sessions_changed.clear()
+            await self._sessions_changed.wait()
+
     def session_closed(self, server: PostwallSMTP) -> None:
         self.sessions.discard(server)
+        self._sessions_changed.set()
         ip = server.peer_ip_text
         self.sessions_by_ip[ip] -= 1
         if self.sessions_by_ip[ip] <= 0:
@@ -161,7 +168,7 @@ class Runtime:
             return None
         store = self.config.store
         folder = KEEP_FOLDER.get(action)
-        if folder == "spam" and not store.spam or folder == "discarded" and not store.discarded:
+        if (folder == "spam" and not store.spam) or (folder == "discarded" and not store.discarded):
             folder = None
         if folder is None:
             if tx.accepted_by is not None and store.okmail:
@@ -179,7 +186,7 @@ class Runtime:
         settings = self.config.autowhitelist
         if self.storage is None or not settings.enabled or not tx.rcpt_tos:
             return
-        if self.lists.is_red(tx.mail_from) or actions.is_red(tx):
+        if self.lists.redlist.match(tx.mail_from) or is_red(tx.symbols):
             return
         expires = datetime.now(UTC) + timedelta(days=settings.days)
         recipients = [r.lower() for r in tx.rcpt_tos]

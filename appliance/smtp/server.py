@@ -93,8 +93,8 @@ async def serve_worker(loaded: loader.LoadedConfig, index: int) -> None:
             factory, host, port, reuse_port=True, backlog=1024, reuse_address=True
         )
         servers.append(server)
-    log.info("worker %d serving %s", index, ", ".join(f"{l.value}={h}:{p}"
-             for l, h, p in listeners(config)))
+    bound = ", ".join(f"{kind.value}={host}:{port}" for kind, host, port in listeners(config))
+    log.info("worker %d serving %s", index, bound)
 
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -107,9 +107,8 @@ async def serve_worker(loaded: loader.LoadedConfig, index: int) -> None:
     runtime.draining = True
     for server in servers:
         server.close()
-    deadline = time.monotonic() + DRAIN_SECONDS
-    while runtime.sessions and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(runtime.all_sessions_closed(), DRAIN_SECONDS)
     from appliance.smtp import replies
 
     for session in list(runtime.sessions):

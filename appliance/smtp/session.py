@@ -129,8 +129,10 @@ class PostwallSMTP(SMTP):
         await super().push(status)
 
     async def handle_exception(self, error: Exception) -> str:
-        tx = self.session.tx if self.session else None
-        ident = tx.id if tx else (self.session.conn.id if self.session and self.session.conn else "-")
+        session = self.session
+        tx = session.tx if session else None
+        conn = session.conn if session else None
+        ident = tx.id if tx else (conn.id if conn else "-")
         log.error("id=%s peer=%s unexpected error", ident, self.peer_ip_text, exc_info=error)
         self.runtime.count_error("exception")
         return str(replies.LOCAL_ERROR)

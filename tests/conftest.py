@@ -1,0 +1,209 @@
+"""Shared fixtures: real services on loopback (see tests/support/services.py).
+
+Session-scoped: `recorder` (the internal mail server) and `postfix` (127.0.0.1:125, relaying
+everything to the recorder). Per test: `recorded` (the recorder, emptied), `proxy_factory`
+and `proxy` (the proxy under test as a subprocess, downstream = the test Postfix).
+
+Tests under tests/integration/ are marked `integration` automatically; integration tests
+are skipped when Postfix is not installed. Import helpers as ``tests.support.<module>``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(_REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(_REPO_ROOT))  # makes `tests.support` importable in any import mode
+
+from tests.support.services import (  # noqa: E402
+    POSTFIX_BIN,
+    PostfixInstance,
+    ProxyProcess,
+    RecordingServer,
+    ServiceError,
+)
+
+_POSTFIX_KEY = pytest.StashKey[PostfixInstance]()
+_RECORDER_KEY = pytest.StashKey[RecordingServer]()
+_PROXIES_KEY = pytest.StashKey[list[ProxyProcess]]()
+
+ProxyFactory = Callable[..., ProxyProcess]
+
+
+def postfix_unavailable_reason() -> str | None:
+    if not POSTFIX_BIN.exists():
+        return f"Postfix is not installed ({POSTFIX_BIN} missing): run scripts/install-test-deps"
+    if os.geteuid() != 0:
+        return "the test Postfix runs as a plain process and needs root (port 125, postfix user)"
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "proxy_config(overrides, workers=1): config overrides for the `proxy` fixture",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    integration_dir = Path(__file__).resolve().parent / "integration"
+    reason = postfix_unavailable_reason()
+    for item in items:
+        if integration_dir in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.integration)
+        if reason and item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """On failure, append the proxies' stderr and Postfix's maillog to the report."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    for proxy in item.stash.get(_PROXIES_KEY, []):
+        text = proxy.stderr_text()
+        if text:
+            report.sections.append((f"proxy PID {proxy.pid} stderr", _tail(text, 80)))
+    postfix = item.session.stash.get(_POSTFIX_KEY, None)
+    if postfix is not None and "postfix" in getattr(item, "fixturenames", ()):
+        report.sections.append(("postfix maillog (tail)", postfix.maillog_tail(40)))
+
+
+def _tail(text: str, lines: int) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# --------------------------------------------------------------------------------------
+# Services
+# --------------------------------------------------------------------------------------
+
+
+def _start_or_error(service: PostfixInstance | RecordingServer) -> str | None:
+    try:
+        service.start()
+    except ServiceError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.fixture(scope="session")
+def recorder(request: pytest.FixtureRequest) -> Iterator[RecordingServer]:
+    """The recording SMTP server standing in for the internal mail server."""
+    server = RecordingServer()
+    error = _start_or_error(server)
+    if error:
+        server.cleanup()
+        pytest.fail(f"could not start the recording server: {error}", pytrace=False)
+    request.session.stash[_RECORDER_KEY] = server
+    yield server
+    del request.session.stash[_RECORDER_KEY]
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def postfix(request: pytest.FixtureRequest, recorder: RecordingServer) -> Iterator[PostfixInstance]:
+    """Postfix on 127.0.0.1:125 (POSTWALL_TEST_POSTFIX_PORT), relaying to `recorder`."""
+    reason = postfix_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    instance = PostfixInstance(relay_port=recorder.port)
+    error = _start_or_error(instance)
+    if error:
+        instance.cleanup()
+        pytest.fail(f"could not start the test Postfix: {error}", pytrace=False)
+    request.session.stash[_POSTFIX_KEY] = instance
+    yield instance
+    del request.session.stash[_POSTFIX_KEY]
+    instance.cleanup()
+
+
+def _ensure_services_running(session: pytest.Session) -> None:
+    recorder = session.stash.get(_RECORDER_KEY, None)
+    if recorder is not None and not recorder.is_running:
+        recorder.start()
+    postfix = session.stash.get(_POSTFIX_KEY, None)
+    if postfix is not None and not postfix.is_running:
+        postfix.start()
+
+
+@pytest.fixture(autouse=True)
+def _services_stay_up(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Restart a session service that a test (or a crash) left stopped.
+
+    Cheap when nothing was started: it only looks at the session stash.
+    """
+    _ensure_services_running(request.session)
+    yield
+    _ensure_services_running(request.session)
+
+
+@pytest.fixture
+def recorded(request: pytest.FixtureRequest, recorder: RecordingServer) -> RecordingServer:
+    """The recorder, emptied for this test (after Postfix's queue has drained)."""
+    postfix = request.session.stash.get(_POSTFIX_KEY, None)
+    if postfix is not None and postfix.is_running:
+        postfix.wait_queue_empty(timeout=10.0)
+    recorder.clear()
+    return recorder
+
+
+# --------------------------------------------------------------------------------------
+# The proxy under test
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def proxy_factory(
+    request: pytest.FixtureRequest, postfix: PostfixInstance, recorder: RecordingServer
+) -> Iterator[ProxyFactory]:
+    """Start proxies: ``proxy_factory(config=None, *, workers=1, start=True, **overrides)``.
+
+    `config` and keyword overrides are deep-merged over the defaults (listeners on free
+    loopback ports, downstream = the test Postfix, local_domains = [example.com]). Every
+    proxy is stopped at the end of the test.
+    """
+    proxies: list[ProxyProcess] = []
+    request.node.stash[_PROXIES_KEY] = proxies
+
+    def make(
+        config: Mapping[str, Any] | None = None,
+        /,
+        *,
+        workers: int = 1,
+        start: bool = True,
+        **overrides: Any,
+    ) -> ProxyProcess:
+        merged = {**(config or {}), **overrides}
+        proxy = ProxyProcess(downstream_port=postfix.port, overrides=merged, workers=workers)
+        proxies.append(proxy)
+        if start:
+            proxy.start()
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.cleanup()
+
+
+@pytest.fixture
+def proxy(request: pytest.FixtureRequest, proxy_factory: ProxyFactory) -> ProxyProcess:
+    """A started proxy with the default test config.
+
+    ``@pytest.mark.proxy_config({"limits": {"max_recipients": 2}}, workers=2)`` changes it.
+    """
+    marker = request.node.get_closest_marker("proxy_config")
+    config: Mapping[str, Any] = {}
+    workers = 1
+    if marker is not None:
+        config = marker.args[0] if marker.args else {}
+        workers = int(marker.kwargs.get("workers", 1))
+    return proxy_factory(config, workers=workers)
