@@ -35,6 +35,7 @@ def setup_logging(level: str) -> None:
     )
     # aiosmtpd logs every command at INFO: far too chatty and slow for a gateway.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def tls_context(config: Config) -> ssl.SSLContext | None:
