@@ -330,8 +330,10 @@ def wait_for_smtp(
     alive: Callable[[], bool] | None = None,
     what: str = "server",
     diagnostics: Callable[[], str] | None = None,
+    any_greeting: bool = False,
 ) -> str:
-    """Wait until host:port answers with a 220 greeting; return it.
+    """Wait until host:port answers with a 220 greeting (any SMTP greeting with
+    `any_greeting`: a proxy that refuses the test client with 554 is serving); return it.
 
     `alive` is polled too, so a process that died at start-up fails at once instead of
     after the whole timeout. The failure message includes `diagnostics()`.
@@ -340,7 +342,9 @@ def wait_for_smtp(
     last: str | None = None
     while True:
         greeting = smtp_greeting(host, port, timeout=min(2.0, timeout))
-        if greeting is not None and greeting.startswith("220"):
+        if greeting is not None and (
+            greeting.startswith("220") or (any_greeting and greeting[:1] in "2345")
+        ):
             return greeting
         last = greeting or last
         died = alive is not None and not alive()
@@ -1103,6 +1107,7 @@ class ProxyProcess:
                 alive=lambda: proc.poll() is None,
                 what=f"proxy (PID {proc.pid}, {' '.join(self.argv)})",
                 diagnostics=self._diagnostics,
+                any_greeting=True,
             )
         except ServiceError:
             self.stop()
