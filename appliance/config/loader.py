@@ -78,7 +78,7 @@ def format_validation_error(exc: ValidationError, origin: str) -> str:
     lines = [f"{origin}: {exc.error_count()} invalid setting(s)"]
     for error in exc.errors():
         path = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        message = error["msg"]
+        message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown setting"
         lines.append(f"  {path}: {message}")
