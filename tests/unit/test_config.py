@@ -68,7 +68,7 @@ def test_invalid_settings_name_their_key_path(tmp_path, text, message):
 
 @pytest.mark.parametrize("text", ["- a list\n", "key: [unclosed\n"])
 def test_unreadable_documents_are_clear_errors(tmp_path, text):
-    with pytest.raises(loader.ConfigError, match="bad.yml"):
+    with pytest.raises(loader.ConfigError, match=r"bad\.yml"):
         loader.load(write(tmp_path / "bad.yml", text))
 
 
