@@ -119,6 +119,98 @@ def analyze(config_path: Path, message: Path, sender: str | None,
         storage.close()
 
 
+@main.group()
+def lists() -> None:
+    """Show and change the white/black/red/noprocessing/spamlover and IP lists.
+
+    Entries here live in the database (the web UI and the mail interface edit the same
+    ones); entries in the configuration file are shown by check-config. Running proxies
+    pick up changes within a few seconds."""
+
+
+def open_storage_or_exit(config_path: Path):  # type: ignore[no-untyped-def]
+    from appliance.storage.facade import Storage
+
+    loaded = load_or_exit(config_path)
+    try:
+        return Storage.open(loaded.config.data_dir)
+    except Exception as exc:
+        raise click.ClickException(f"cannot open {loaded.config.data_dir}: {exc}") from exc
+
+
+LIST_CHOICE = click.Choice(
+    ["whitelist", "blacklist", "redlist", "noprocessing", "spamlovers", "ip_allow", "ip_deny",
+     "autowhitelist"]
+)
+
+
+@lists.command("show")
+@config_option
+@click.argument("name", type=LIST_CHOICE)
+@click.option("--search", help="Only entries whose value or comment contains this text.")
+@click.option("--limit", type=click.IntRange(1, 100000), default=1000, show_default=True)
+def lists_show(config_path: Path, name: str, search: str | None, limit: int) -> None:
+    """Print the entries of list NAME."""
+    storage = open_storage_or_exit(config_path)
+    try:
+        for entry in storage.lists.entries(name, search=search, limit=limit):
+            expires = (
+                entry.expires_at.isoformat(timespec="seconds") if entry.expires_at else "never"
+            )
+            comment = f"  # {entry.comment}" if entry.comment else ""
+            click.echo(f"{entry.value}\texpires={expires}\tsource={entry.source}{comment}")
+    finally:
+        storage.close()
+
+
+@lists.command("add")
+@config_option
+@click.argument("name", type=LIST_CHOICE)
+@click.argument("values", nargs=-1, required=True)
+@click.option("--days", type=click.IntRange(1, 36500), help="Expire after this many days.")
+@click.option("--comment", default="", help="Why the entry exists (shown in the UI).")
+def lists_add(config_path: Path, name: str, values: tuple[str, ...], days: int | None,
+              comment: str) -> None:
+    """Add VALUES (addresses, @domains, *wildcards, /regex/, or CIDR for ip_*) to NAME."""
+    from datetime import UTC, datetime, timedelta
+
+    expires = datetime.now(UTC) + timedelta(days=days) if days else None
+    storage = open_storage_or_exit(config_path)
+    try:
+        for value in values:
+            try:
+                entry = storage.lists.add(name, value, expires_at=expires, comment=comment,
+                                          added_by=os.environ.get("SUDO_USER") or "cli",
+                                          source="ui")
+            except ValueError as exc:
+                raise click.ClickException(str(exc)) from exc
+            click.echo(f"added {entry.value} to {name}")
+    finally:
+        storage.close()
+
+
+@lists.command("remove")
+@config_option
+@click.argument("name", type=LIST_CHOICE)
+@click.argument("values", nargs=-1, required=True)
+def lists_remove(config_path: Path, name: str, values: tuple[str, ...]) -> None:
+    """Remove VALUES from list NAME."""
+    storage = open_storage_or_exit(config_path)
+    missing = 0
+    try:
+        for value in values:
+            try:
+                removed = storage.lists.remove(name, value)
+            except ValueError as exc:
+                raise click.ClickException(str(exc)) from exc
+            click.echo(f"{'removed' if removed else 'not found:'} {value}")
+            missing += not removed
+    finally:
+        storage.close()
+    if missing:
+        sys.exit(1)
+
+
 def open_storage_if_present(data_dir: Path):  # type: ignore[no-untyped-def]
     from appliance.storage.facade import DB_FILENAME, Storage
 
