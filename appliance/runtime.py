@@ -45,6 +45,7 @@ class Runtime:
         self.storage = storage
         self.lists = ListRegistry()
         self._list_counter: int | None = None
+        self._next_expiry: datetime | None = None  # entries lapse without a counter change
         self.sessions: set[PostwallSMTP] = set()
         self.sessions_by_ip: Counter[str] = Counter()
         self.draining = False
@@ -105,10 +106,13 @@ class Runtime:
         if self.storage is None:
             return
         counter = await asyncio.to_thread(self.storage.lists.change_counter)
-        if counter == self._list_counter:
+        expired = self._next_expiry is not None and datetime.now(UTC) >= self._next_expiry
+        if counter == self._list_counter and not expired:
             return
         values = await asyncio.to_thread(self.storage.lists.active_values)
-        self.lists.rebuild(self.config, values)
+        self._next_expiry = await asyncio.to_thread(self.storage.lists.next_expiry)
+        # Compiling large lists takes a while: off the event loop; the swap is atomic.
+        await asyncio.to_thread(self.lists.rebuild, self.config, values)
         self._list_counter = counter
 
     # -- connections -------------------------------------------------------------
