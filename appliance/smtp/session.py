@@ -76,7 +76,18 @@ class PostwallSMTP(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self.transport is None
+        previous = self.session
         super().connection_made(transport)
+        if not first and previous is not None:
+            # STARTTLS: aiosmtpd starts a fresh session; the connection is the same one,
+            # but everything the client said before the handshake is forgotten (RFC 3207).
+            if previous.downstream is not None:
+                previous.downstream.discard_now()
+            self.session.conn = previous.conn
+            self.session.errors = previous.errors
+            if previous.conn is not None:
+                previous.conn.tls = True
+                previous.conn.helo = None
         if first:
             peer = transport.get_extra_info("peername") or ("0.0.0.0", 0)
             self.peer_ip_text = str(peer[0])

@@ -274,3 +274,28 @@ def test_two_workers_share_the_port(proxy, recorded):
     for index in range(20):
         assert send(proxy, make_message(f"m{index}")).accepted
     assert len(recorded.wait_for(20)) == 20
+
+
+def test_starttls_when_a_certificate_is_configured(proxy_factory, recorded, tmp_path):
+    import smtplib
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=postwall.test", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    proxy = proxy_factory(tls={"cert_file": str(cert), "key_file": str(key)})
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+    with smtplib.SMTP(*proxy.inbound, timeout=15) as client:
+        client.ehlo("client.example.net")
+        assert client.has_extn("starttls")
+        client.starttls(context=context)
+        client.ehlo("client.example.net")
+        assert not client.has_extn("starttls")
+        client.sendmail("alice@partner.example", ["bob@example.com"], make_message("secret"))
+    [message] = recorded.wait_for(1)
+    assert b"with ESMTPS id" in message.content
