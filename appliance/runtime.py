@@ -7,7 +7,6 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -20,6 +19,7 @@ from appliance.pipeline import Pipeline
 from appliance.services import ListRegistry, Services
 from appliance.smtp import replies
 from appliance.smtp.downstream import DownstreamPool
+from appliance.smtp.limits import ConnectionCounts
 from appliance.storage.messagelog import MessageLogEntry, MessageLogWriter
 from appliance.verdict import Action, Reply, Symbol
 
@@ -39,7 +39,7 @@ KEEP_FOLDER = {
 class Runtime:
     def __init__(
         self, loaded: LoadedConfig, storage: Storage | None, *, worker: int = 0,
-        record: bool = True,
+        record: bool = True, counts: ConnectionCounts | None = None,
     ) -> None:
         self.worker = worker
         self.storage = storage
@@ -47,7 +47,7 @@ class Runtime:
         self._list_counter: int | None = None
         self._next_expiry: datetime | None = None  # entries lapse without a counter change
         self.sessions: set[PostwallSMTP] = set()
-        self.sessions_by_ip: Counter[str] = Counter()
+        self.counts = counts if counts is not None else ConnectionCounts()
         self.draining = False
         self._sessions_changed = asyncio.Event()
         self.log_writer = (
@@ -126,8 +126,12 @@ class Runtime:
         return ip, int(peer[1])
 
     def session_opened(self, server: PostwallSMTP) -> bool:
+        """Count the session; `server.limit_exceeded` names a limit it would break."""
         self.sessions.add(server)
-        self.sessions_by_ip[server.peer_ip_text] += 1
+        limits = self.config.limits
+        server.limit_exceeded = self.counts.try_open(
+            server.peer_ip_text, limits.max_connections, limits.max_connections_per_ip
+        )
         metrics.CONNECTIONS.labels(server.listener.value).inc()
         metrics.ACTIVE_SESSIONS.labels(server.listener.value).inc()
         return True
@@ -140,23 +144,20 @@ class Runtime:
     def session_closed(self, server: PostwallSMTP) -> None:
         self.sessions.discard(server)
         self._sessions_changed.set()
-        ip = server.peer_ip_text
-        self.sessions_by_ip[ip] -= 1
-        if self.sessions_by_ip[ip] <= 0:
-            del self.sessions_by_ip[ip]
+        if server.limit_exceeded is None:
+            self.counts.close(server.peer_ip_text)
         metrics.ACTIVE_SESSIONS.labels(server.listener.value).dec()
 
     def admission(self, server: PostwallSMTP) -> Reply | None:
-        limits = self.config.limits
         if self.draining:
             return replies.SHUTTING_DOWN
-        if len(self.sessions) > limits.max_connections:
-            metrics.CONNECTIONS_REFUSED.labels("max_connections").inc()
+        exceeded = server.limit_exceeded
+        if exceeded is None:
+            return None
+        metrics.CONNECTIONS_REFUSED.labels(exceeded).inc()
+        if exceeded == "max_connections":
             return replies.TOO_MANY_CONNECTIONS
-        if self.sessions_by_ip[server.peer_ip_text] > limits.max_connections_per_ip:
-            metrics.CONNECTIONS_REFUSED.labels("max_connections_per_ip").inc()
-            return replies.TOO_MANY_FROM_IP
-        return None
+        return replies.TOO_MANY_FROM_IP
 
     def is_relay_client(self, ip: IPAddress) -> bool:
         return any(ip in net for net in self._relay_nets)

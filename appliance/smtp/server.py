@@ -14,10 +14,12 @@ import ssl
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from appliance.config import loader
 from appliance.config.schema import Config, parse_hostport
 from appliance.context import Listener
+from appliance.smtp.limits import new_shared_counts, reset_worker
 
 log = logging.getLogger("postwall.server")
 
@@ -56,7 +58,7 @@ def listeners(config: Config) -> list[tuple[Listener, str, int]]:
 # -- worker -------------------------------------------------------------------------
 
 
-def worker_main(config_path: str | None, index: int) -> None:
+def worker_main(config_path: str | None, index: int, shared_counts: Any = None) -> None:
     """Entry point of a worker process (spawned, so it starts from a clean interpreter)."""
     loaded = loader.load(Path(config_path) if config_path else None)
     setup_logging(loaded.config.log_level)
@@ -67,13 +69,15 @@ def worker_main(config_path: str | None, index: int) -> None:
     except ImportError:  # uvloop is optional; the stdlib loop is only slower
         pass
     try:
-        asyncio.run(serve_worker(loaded, index))
+        asyncio.run(serve_worker(loaded, index, shared_counts))
     except OSError as exc:
         log.error("worker %d cannot listen: %s", index, exc)
         sys.exit(3)
 
 
-async def serve_worker(loaded: loader.LoadedConfig, index: int) -> None:
+async def serve_worker(
+    loaded: loader.LoadedConfig, index: int, shared_counts: Any = None
+) -> None:
     from appliance.runtime import Runtime
     from appliance.smtp.handler import Handler
     from appliance.smtp.session import PostwallSMTP
@@ -81,7 +85,10 @@ async def serve_worker(loaded: loader.LoadedConfig, index: int) -> None:
 
     config = loaded.config
     storage = Storage.open(config.data_dir)
-    runtime = Runtime(loaded, storage, worker=index)
+    from appliance.smtp.limits import ConnectionCounts
+
+    counts = ConnectionCounts(shared_counts, index) if shared_counts is not None else None
+    runtime = Runtime(loaded, storage, worker=index, counts=counts)
     handler = Handler(runtime)
     context = tls_context(config)
     loop = asyncio.get_running_loop()
@@ -163,9 +170,12 @@ class Supervisor:
         self.procs: dict[int, multiprocessing.process.BaseProcess] = {}
         self.stopping = False
 
+        self.shared_counts = new_shared_counts(workers, self.ctx)
+
     def _start(self, index: int) -> None:
         proc = self.ctx.Process(
-            target=worker_main, args=(str(self.config_path) if self.config_path else None, index),
+            target=worker_main,
+            args=(str(self.config_path) if self.config_path else None, index, self.shared_counts),
             name=f"postwall-worker-{index}", daemon=False,
         )
         proc.start()
@@ -214,6 +224,7 @@ class Supervisor:
                     self._wait_all()
                     return 1
                 log.warning("worker %d exited with %s; restarting", index, proc.exitcode)
+                reset_worker(self.shared_counts, index)
                 self._start(index)
             if self.stopping and not self.procs:
                 return 0

@@ -68,6 +68,7 @@ class PostwallSMTP(SMTP):
         self.peer_ip_text = ""
         self._session_timer: asyncio.TimerHandle | None = None
         self._counted = False
+        self.limit_exceeded: str | None = None
 
     def _create_session(self) -> PostwallSession:
         return PostwallSession(self.loop)
