@@ -353,6 +353,9 @@ class StoreSettings(Section):
     max_files_per_folder: int = Field(
         100000, ge=10, description="Oldest kept mail is deleted beyond this count per folder."
     )
+    log_retention_days: int = Field(
+        90, ge=1, description="Message log rows older than this are deleted."
+    )
 
 
 class MetricsSettings(Section):

@@ -155,8 +155,10 @@ def _retention(runtime: object) -> None:
         store.retention_days, store.max_files_per_folder
     )
     expired = runtime.storage.lists.purge_expired()
-    if removed or expired:
-        log.info("retention: %d kept message(s) and %d list entries removed", removed, expired)
+    rows = runtime.storage.messagelog.purge_older_than(store.log_retention_days)
+    if removed or expired or rows:
+        log.info("retention: removed %d kept message(s), %d list entries, %d log rows",
+                 removed, expired, rows)
 
 
 # -- supervisor ------------------------------------------------------------------------
