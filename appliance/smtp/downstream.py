@@ -13,10 +13,9 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-import aiosmtplib
-
 from appliance.config.schema import DownstreamSettings
 from appliance.smtp import replies
+from appliance.smtp.client import ServerReply, SMTPClientError, SMTPConnection
 from appliance.verdict import Reply
 
 log = logging.getLogger("postwall.downstream")
@@ -24,15 +23,16 @@ log = logging.getLogger("postwall.downstream")
 ENHANCED_PREFIXES = ("2.", "4.", "5.")
 
 
-def reply_from(code: int, message: str) -> Reply:
+def reply_from(response: ServerReply) -> Reply:
     """A downstream answer as a single-line Reply, keeping its enhanced status code."""
-    text = " ".join(message.split()) or "no text"
+    code = response.code
+    if not 200 <= code <= 599:
+        return replies.DOWNSTREAM_FAILED
+    text = " ".join(response.text.split()) or "no text"
     enhanced, _, rest = text.partition(" ")
     if enhanced[:2] in ENHANCED_PREFIXES and enhanced.count(".") == 2 and rest:
         return Reply(code, enhanced, rest[:400])
-    default_enhanced = {2: "2.0.0", 4: "4.0.0", 5: "5.0.0"}.get(code // 100, "")
-    if not 200 <= code <= 599:
-        return replies.DOWNSTREAM_FAILED
+    default_enhanced = {2: "2.0.0", 4: "4.0.0", 5: "5.0.0"}[code // 100]
     return Reply(code, default_enhanced, text[:400])
 
 
@@ -46,7 +46,7 @@ class DownstreamError(Exception):
 
 @dataclass(slots=True)
 class _Idle:
-    client: aiosmtplib.SMTP
+    connection: SMTPConnection
     since: float
 
 
@@ -57,150 +57,133 @@ class DownstreamPool:
         self._idle: deque[_Idle] = deque()
         self.connects = 0
 
-    async def acquire(self) -> tuple[aiosmtplib.SMTP, bool]:
+    async def acquire(self) -> tuple[SMTPConnection, bool]:
         """A connected client and whether it was reused from the pool."""
         now = time.monotonic()
         while self._idle:
             idle = self._idle.pop()
-            if now - idle.since < self.settings.pool_idle_seconds and idle.client.is_connected:
-                return idle.client, True
-            self._close(idle.client)
-        return await self._connect(), False
-
-    async def _connect(self) -> aiosmtplib.SMTP:
-        client = aiosmtplib.SMTP(
-            hostname=self.settings.host,
-            port=self.settings.port,
-            timeout=self.settings.timeout,
-            local_hostname=self.helo_name,
-            start_tls=False,
-            use_tls=False,
-        )
+            if now - idle.since < self.settings.pool_idle_seconds and idle.connection.is_open:
+                return idle.connection, True
+            idle.connection.close()
         try:
-            await client.connect(timeout=self.settings.connect_timeout)
-            await client.ehlo()
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            self._close(client)
-            raise DownstreamError(replies.DOWNSTREAM_UNAVAILABLE, f"connect: {exc}") from exc
+            connection = await SMTPConnection.open(
+                self.settings.host, self.settings.port, helo=self.helo_name,
+                connect_timeout=self.settings.connect_timeout,
+                reply_timeout=self.settings.timeout,
+            )
+        except SMTPClientError as exc:
+            raise DownstreamError(replies.DOWNSTREAM_UNAVAILABLE, str(exc)) from exc
         self.connects += 1
-        return client
+        return connection, False
 
-    def release(self, client: aiosmtplib.SMTP, reusable: bool) -> None:
-        if reusable and client.is_connected and len(self._idle) < self.settings.pool_size:
-            self._idle.append(_Idle(client, time.monotonic()))
+    def release(self, connection: SMTPConnection, reusable: bool) -> None:
+        if reusable and connection.is_open and len(self._idle) < self.settings.pool_size:
+            self._idle.append(_Idle(connection, time.monotonic()))
         else:
-            self._close(client)
-
-    def _close(self, client: aiosmtplib.SMTP) -> None:
-        try:
-            client.close()
-        except Exception:  # closing a broken socket has nothing left to tell us
-            log.debug("closing downstream connection failed", exc_info=True)
+            connection.close()
 
     def prune(self) -> None:
         now = time.monotonic()
-        keep = deque(i for i in self._idle if now - i.since < self.settings.pool_idle_seconds)
+        fresh: deque[_Idle] = deque()
         for idle in self._idle:
-            if idle not in keep:
-                self._close(idle.client)
-        self._idle = keep
+            if now - idle.since < self.settings.pool_idle_seconds and idle.connection.is_open:
+                fresh.append(idle)
+            else:
+                idle.connection.close()
+        self._idle = fresh
 
     async def close(self) -> None:
         while self._idle:
             idle = self._idle.pop()
             try:
-                await asyncio.wait_for(idle.client.quit(), 2)
-            except Exception:
-                self._close(idle.client)
+                await asyncio.wait_for(idle.connection.quit(), 2)
+            except (SMTPClientError, TimeoutError, OSError):
+                idle.connection.close()
 
 
 class DownstreamTransaction:
-    """MAIL, RCPT and DATA relayed one by one while the client waits."""
+    """MAIL, RCPT and DATA relayed while the client waits."""
 
     def __init__(self, pool: DownstreamPool) -> None:
         self.pool = pool
-        self.client: aiosmtplib.SMTP | None = None
+        self.connection: SMTPConnection | None = None
         self.recipients: list[str] = []
-        self.started_at = time.monotonic()
 
     @property
     def active(self) -> bool:
-        return self.client is not None
+        return self.connection is not None
 
-    async def begin(self, sender: str, options: list[str], utf8: bool) -> Reply:
-        """Open the transaction; on a stale pooled connection retry once on a fresh one."""
+    async def begin(self, sender: str, options: list[str], recipient: str) -> Reply:
+        """Open the transaction with its first recipient; the reply is for that RCPT (or
+        the MAIL refusal). A stale pooled connection is retried once on a fresh one."""
         for _attempt in range(2):
-            client, reused = await self.pool.acquire()
+            connection, reused = await self.pool.acquire()
             try:
-                response = await client.mail(
-                    sender, options=options, encoding="utf-8" if utf8 else "ascii"
-                )
-            except aiosmtplib.SMTPSenderRefused as exc:
-                self.pool.release(client, reusable=False)
-                return reply_from(exc.code, exc.message)
-            except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError,
-                    ConnectionError) as exc:
-                self.pool.release(client, reusable=False)
+                mail, rcpt = await connection.mail_rcpt(sender, options, recipient)
+            except SMTPClientError as exc:
+                self.pool.release(connection, reusable=False)
                 if reused:
                     continue
                 raise DownstreamError(replies.DOWNSTREAM_UNAVAILABLE, f"MAIL: {exc}") from exc
-            except aiosmtplib.SMTPResponseException as exc:
-                self.pool.release(client, reusable=False)
-                return reply_from(exc.code, exc.message)
-            self.client = client
-            return reply_from(response.code, response.message)
+            if mail.code != 250 or rcpt is None:
+                await self._reset_and_release(connection)
+                return reply_from(mail)
+            self.connection = connection
+            if rcpt.code in (250, 251):
+                self.recipients.append(recipient)
+            return reply_from(rcpt)
         raise DownstreamError(replies.DOWNSTREAM_UNAVAILABLE, "MAIL: pooled connections stale")
 
-    async def add_recipient(self, recipient: str, utf8: bool) -> Reply:
-        assert self.client is not None
+    async def add_recipient(self, recipient: str) -> Reply:
+        assert self.connection is not None
         try:
-            response = await self.client.rcpt(recipient, encoding="utf-8" if utf8 else "ascii")
-        except aiosmtplib.SMTPRecipientRefused as exc:
-            return reply_from(exc.code, exc.message)
-        except aiosmtplib.SMTPResponseException as exc:
-            return reply_from(exc.code, exc.message)
-        except (aiosmtplib.SMTPException, OSError) as exc:
+            response = await self.connection.rcpt(recipient)
+        except SMTPClientError as exc:
             self._drop()
             raise DownstreamError(replies.DOWNSTREAM_UNAVAILABLE, f"RCPT: {exc}") from exc
-        self.recipients.append(recipient)
-        return reply_from(response.code, response.message)
+        if response.code in (250, 251):
+            self.recipients.append(recipient)
+        return reply_from(response)
 
     async def send(self, content: bytes) -> Reply:
         """DATA and the message; the reply is what the client will hear."""
-        assert self.client is not None
-        client = self.client
-        self.client = None
+        connection, self.connection = self.connection, None
+        assert connection is not None
         try:
-            response = await client.data(content)
-        except aiosmtplib.SMTPDataError as exc:
-            # Postfix refused the message but the session is intact (e.g. 552 size).
-            self.pool.release(client, reusable=200 <= exc.code < 600)
-            return reply_from(exc.code, exc.message)
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            self.pool.release(client, reusable=False)
+            response = await connection.data(content)
+        except SMTPClientError as exc:
+            self.pool.release(connection, reusable=False)
             raise DownstreamError(replies.DOWNSTREAM_FAILED, f"DATA: {exc}") from exc
-        self.pool.release(client, reusable=True)
-        return reply_from(response.code, response.message)
+        if response.code == 354 or 300 <= response.code < 400:
+            self.pool.release(connection, reusable=False)
+            return replies.DOWNSTREAM_FAILED
+        if response.code != 250:
+            # A refusal of DATA leaves the transaction open downstream: reset it.
+            await self._reset_and_release(connection)
+        else:
+            self.pool.release(connection, reusable=True)
+        return reply_from(response)
 
     async def abort(self) -> None:
         """Forget the transaction downstream (RSET) and give the connection back."""
-        client = self.client
-        self.client = None
-        if client is None:
-            return
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            await self._reset_and_release(connection)
+
+    async def _reset_and_release(self, connection: SMTPConnection) -> None:
         try:
-            await asyncio.wait_for(client.rset(), self.pool.settings.timeout)
-        except Exception:
-            self.pool.release(client, reusable=False)
+            response = await connection.rset()
+        except SMTPClientError:
+            self.pool.release(connection, reusable=False)
             return
-        self.pool.release(client, reusable=True)
+        self.pool.release(connection, reusable=response.code == 250)
 
     def _drop(self) -> None:
-        if self.client is not None:
-            self.pool.release(self.client, reusable=False)
-            self.client = None
+        if self.connection is not None:
+            self.pool.release(self.connection, reusable=False)
+            self.connection = None
 
     def discard_now(self) -> None:
-        """Close without a round trip (the client vanished; the downstream must not
-        deliver a half transaction: closing before DATA completes guarantees that)."""
+        """Close without a round trip (the client vanished): closing before DATA completes
+        guarantees the downstream delivers nothing of this transaction."""
         self._drop()

@@ -92,7 +92,8 @@ class Handler:
         out = [r for r in responses if not r[4:].startswith("AUTH")]
         out.insert(len(out) - 1, "250-PIPELINING")
         out.insert(len(out) - 1, "250-ENHANCEDSTATUSCODES")
-        return out
+        # One write for the whole multi-line reply instead of aiosmtpd's one per line.
+        return ["\r\n".join(out)]
 
     async def handle_HELO(
         self, server: PostwallSMTP, session: PostwallSession, envelope: Envelope, hostname: str
@@ -182,15 +183,16 @@ class Handler:
     async def _relay_recipient(
         self, session: PostwallSession, tx: TransactionContext, address: str
     ) -> Reply:
-        utf8 = any(o == "SMTPUTF8" for o in tx.mail_options)
         try:
             if session.downstream is None:
                 downstream = DownstreamTransaction(self.runtime.pool)
-                reply = await downstream.begin(tx.mail_from, list(tx.mail_options), utf8)
-                if not reply.is_success:
-                    return reply
-                session.downstream = downstream
-            return await session.downstream.add_recipient(address, utf8)
+                reply = await downstream.begin(tx.mail_from, list(tx.mail_options), address)
+                if downstream.active:
+                    session.downstream = downstream
+                return reply
+            return await session.downstream.add_recipient(address)
+        except ValueError:
+            return replies.BAD_RECIPIENT_SYNTAX
         except DownstreamError as exc:
             log.warning("tx=%s downstream unavailable at RCPT: %s", tx.id, exc)
             self.runtime.count_error("downstream")
