@@ -123,7 +123,7 @@ class SMTPConnection:
             raise SMTPClientError(f"sending failed: {exc}") from exc
 
     async def command(self, line: str) -> ServerReply:
-        await self._send(line.encode("utf-8") + b"\r\n")
+        await self._send(line.encode("utf-8", "surrogateescape") + b"\r\n")
         return await self.read_reply()
 
     async def mail_rcpt(
@@ -131,8 +131,10 @@ class SMTPConnection:
     ) -> tuple[ServerReply, ServerReply | None]:
         """MAIL and the first RCPT in one write when the server offers PIPELINING."""
         params = "".join(f" {check_argument(o)}" for o in options)
-        mail = f"MAIL FROM:<{check_argument(sender)}>{params}\r\n".encode()
-        rcpt = f"RCPT TO:<{check_argument(recipient)}>\r\n".encode()
+        mail = f"MAIL FROM:<{check_argument(sender)}>{params}\r\n".encode(
+            "utf-8", "surrogateescape"
+        )
+        rcpt = f"RCPT TO:<{check_argument(recipient)}>\r\n".encode("utf-8", "surrogateescape")
         if "PIPELINING" in self.extensions:
             await self._send(mail + rcpt)
             mail_reply = await self.read_reply()

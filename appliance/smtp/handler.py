@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from appliance import actions
 from appliance.context import ConnectionContext, RecipientContext, TransactionContext
 from appliance.smtp import replies
+from appliance.smtp.client import CONTROL_RE
 from appliance.smtp.downstream import DownstreamError, DownstreamTransaction
 from appliance.verdict import Action, Decision, Final, Reply, Stage
 
@@ -25,6 +26,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("postwall.smtp")
 
 FORBIDDEN_LOCAL_PART_CHARS = ("%", "!", "@")
+
+
+BACKGROUND_PARSE_BYTES = 256 * 1024
+BACKGROUND_PARSE_BOUNDARIES = 50
+
+
+def needs_background_parse(content: bytes | None) -> bool:
+    if content is None:
+        return False
+    return len(content) > BACKGROUND_PARSE_BYTES or (
+        content.count(b"boundary=") > BACKGROUND_PARSE_BOUNDARIES
+    )
 
 
 def _reply_for_final(final: Final, default: Reply) -> Reply:
@@ -120,6 +133,10 @@ class Handler:
             server.close_with(replies.TOO_MANY_MESSAGES)
             return str(replies.TOO_MANY_MESSAGES)
         await self._end_transaction(session, "new MAIL")
+        if CONTROL_RE.search(address):
+            return str(replies.BAD_SENDER_SYNTAX)
+        if not address.isascii() and "SMTPUTF8" not in mail_options:
+            return str(replies.NEEDS_SMTPUTF8)
         conn.transactions += 1
         tx = TransactionContext(
             connection=conn, mail_from=address, mail_options=tuple(mail_options),
@@ -145,7 +162,12 @@ class Handler:
         runtime = self.runtime
         if len(envelope.rcpt_tos) >= runtime.config.limits.max_recipients:
             return str(replies.TOO_MANY_RECIPIENTS)
-        refusal = self._relay_check(tx, address)
+        if CONTROL_RE.search(address):
+            refusal: Reply | None = replies.BAD_RECIPIENT_SYNTAX
+        elif not address.isascii() and "SMTPUTF8" not in tx.mail_options:
+            refusal = replies.NEEDS_SMTPUTF8
+        else:
+            refusal = self._relay_check(tx, address)
         if refusal is not None:
             tx.rejected_recipients.append((address, str(refusal)))
             return str(refusal)
@@ -191,8 +213,6 @@ class Handler:
                     session.downstream = downstream
                 return reply
             return await session.downstream.add_recipient(address)
-        except ValueError:
-            return replies.BAD_RECIPIENT_SYNTAX
         except DownstreamError as exc:
             log.warning("tx=%s downstream unavailable at RCPT: %s", tx.id, exc)
             self.runtime.count_error("downstream")
@@ -228,6 +248,10 @@ class Handler:
         runtime = self.runtime
         config = runtime.config
         inbound = not tx.connection.is_relay
+        if inbound and needs_background_parse(tx.content):
+            # Parsing a large or deeply nested message takes long enough to stall every
+            # other session of this worker; the parse fills the cached tx.message.
+            await asyncio.to_thread(getattr, tx, "message")
         await runtime.pipeline.run(Stage.DATA, tx)
         outcome = actions.decide(tx, config, runtime.declared)
         kept = None
