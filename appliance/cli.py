@@ -6,11 +6,14 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from appliance import __version__
-from appliance.config import loader
+
+if TYPE_CHECKING:
+    from appliance.config import loader
 
 DEFAULT_CONFIG = Path("/etc/postwall/postwall.yml")
 
@@ -21,6 +24,8 @@ config_option = click.option(
 
 
 def load_or_exit(path: Path) -> loader.LoadedConfig:
+    from appliance.config import loader
+
     if not path.exists():
         raise click.ClickException(f"{path}: no such configuration file")
     try:
@@ -42,9 +47,10 @@ def main() -> None:
               help="Worker processes sharing the ports (default: one per core).")
 def serve(config_path: Path, workers: int | None) -> None:
     """Run the proxy on the configured listeners."""
-    from appliance.smtp.server import Supervisor
+    from appliance.smtp.supervisor import Supervisor
 
-    load_or_exit(config_path)
+    if not config_path.exists():
+        raise click.ClickException(f"{config_path}: no such configuration file")
     count = workers or os.cpu_count() or 1
     sys.exit(Supervisor(config_path, count).run())
 
@@ -53,11 +59,12 @@ def serve(config_path: Path, workers: int | None) -> None:
 @config_option
 def check_config(config_path: Path) -> None:
     """Validate the configuration and print the resolved pipeline."""
+    from appliance.config import loader
     from appliance.runtime import Runtime
 
     loaded = load_or_exit(config_path)
     try:
-        runtime = Runtime(loaded, None)
+        runtime = Runtime(loaded, None, record=False)
     except (ValueError, loader.ConfigError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

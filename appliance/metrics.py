@@ -39,9 +39,3 @@ def serve(listen: str) -> None:
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
     start_http_server(port, addr=host, registry=registry)
-
-
-def mark_worker_dead(pid: int) -> None:
-    from prometheus_client import multiprocess
-
-    multiprocess.mark_process_dead(pid)

@@ -13,12 +13,8 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
@@ -95,7 +91,14 @@ class Database:
             yield conn
 
 
+# alembic is imported only where migrations run: a serving worker never needs its ~12 MB.
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+
 def _alembic_config() -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     return config
@@ -103,6 +106,8 @@ def _alembic_config() -> Config:
 
 def head_version() -> str:
     """The newest schema revision shipped with this code."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
     if head is None:
         raise RuntimeError(f"no migrations found in {MIGRATIONS_DIR}")
@@ -112,6 +117,8 @@ def head_version() -> str:
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Migrate the database to `revision` in one write transaction, so that concurrent
     processes opening a fresh database wait for each other instead of racing."""
+    from alembic import command
+
     config = _alembic_config()
     with Database(engine).write() as conn:
         if conn.dialect.name == "postgresql":
@@ -123,5 +130,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 
 def current_version(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()

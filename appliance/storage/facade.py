@@ -44,16 +44,19 @@ class Storage:
         url: str | None = None,
         *,
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+        migrate: bool = True,
     ) -> Storage:
         """Create `data_dir` if needed, connect (default: SQLite ``<data_dir>/postwall.db``)
-        and migrate the schema to the newest revision."""
+        and migrate the schema to the newest revision (`migrate=False`: a process started
+        after the migration, such as a proxy worker, skips loading the migration tools)."""
         data_dir = Path(data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         engine = create_storage_engine(
             url or sqlite_url(data_dir / DB_FILENAME), busy_timeout_ms=busy_timeout_ms
         )
         try:
-            upgrade(engine)
+            if migrate:
+                upgrade(engine)
         except BaseException:
             engine.dispose()
             raise
