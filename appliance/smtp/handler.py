@@ -205,6 +205,10 @@ class Handler:
     async def _relay_recipient(
         self, session: PostwallSession, tx: TransactionContext, address: str
     ) -> Reply:
+        if session.downstream is None and tx.rcpt_tos:
+            # The downstream transaction broke after accepting recipients: a new one would
+            # carry only the later recipients while the earlier ones were promised delivery.
+            return replies.DOWNSTREAM_UNAVAILABLE
         try:
             if session.downstream is None:
                 downstream = DownstreamTransaction(self.runtime.pool)
@@ -265,8 +269,12 @@ class Handler:
             reply = outcome.reply if outcome.action is Action.REJECT else replies.DISCARDED
             assert reply is not None
             return reply, outcome, None, kept
-        if downstream is None:  # cannot happen: DATA needs an accepted recipient
-            return replies.LOCAL_ERROR, outcome, None, kept
+        if downstream is None or downstream.recipients != tx.rcpt_tos:
+            # Postfix lost the transaction after recipients were accepted: the client must
+            # retry the whole message rather than have some recipients silently dropped.
+            if downstream is not None:
+                await downstream.abort()
+            return replies.DOWNSTREAM_FAILED, outcome, None, kept
         rendered = actions.render(tx, outcome, config, inbound=inbound)
         started = time.monotonic()
         try:

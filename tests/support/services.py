@@ -641,8 +641,20 @@ class PostfixInstance:
         self._pid = None
         _REAPER.forget(pid)
         _unregister(self)
+        self._remove_half_received()
         if not wait_until(lambda: port_refuses(self.host, self.port), 5.0):
             raise ServiceError(f"{self.host}:{self.port} still accepts after Postfix stopped")
+
+    def _remove_half_received(self) -> None:
+        """A cleanup process killed mid-message leaves incoming/<inode>.<pid>: never
+        acknowledged, but its odd name makes the next `postfix start` fail (postsuper
+        cannot log the warning to our maillog). Postfix would discard it anyway."""
+        incoming = self.queue_dir / "incoming"
+        if not incoming.is_dir():
+            return
+        for path in incoming.rglob("*.*"):
+            if path.is_file():
+                path.unlink(missing_ok=True)
 
     def reload(self) -> None:
         """``postfix reload``: re-read main.cf/master.cf and the maps."""
