@@ -1,9 +1,9 @@
 """Header and body regular expressions (ASSP bombRe, bombSubjectRe, whiteRe, redRe).
 
 Patterns are compiled once, case-insensitive and multi-line (so `^Subject:` works on the
-header text). The text searched is bounded: the decoded header block and the decoded
-body text (HTML stripped) each at most `max_scan_bytes` characters. A pattern that
-backtracks catastrophically is the admin's to fix, but it only ever sees bounded text.
+header text), into RE2 pattern sets that search all of them in one linear-time pass
+(`appliance.patterns`). The text searched is bounded: the decoded header block and the
+decoded body text (HTML stripped) each at most `max_scan_bytes` characters.
 """
 
 from __future__ import annotations
@@ -17,26 +17,32 @@ from appliance import mime
 from appliance.config.schema import RegexSettings, WeightedPattern
 from appliance.context import TransactionContext
 from appliance.filters.base import Filter
+from appliance.patterns import PatternSet
 from appliance.verdict import NO_FINDINGS, Stage, Symbol, SymbolSpec, Verdict
 
 if TYPE_CHECKING:
     from appliance.config.schema import Config, FilterSettings
     from appliance.services import Services
 
-FLAGS = re.IGNORECASE | re.MULTILINE
 _SPACE_RE = re.compile(r"\s+")
 
 
 @dataclass(frozen=True, slots=True)
-class CompiledPattern:
-    source: str
-    regex: re.Pattern[str]
-    weight: float
+class CompiledPatterns:
+    patterns: PatternSet
+    weights: tuple[float, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns)
+
+    def source(self, index: int) -> str:
+        return self.patterns.sources[index]
 
 
-def compile_patterns(patterns: Sequence[WeightedPattern]) -> tuple[CompiledPattern, ...]:
-    return tuple(CompiledPattern(p.pattern, re.compile(p.pattern, FLAGS), p.weight)
-                 for p in patterns)
+def compile_patterns(patterns: Sequence[WeightedPattern]) -> CompiledPatterns:
+    return CompiledPatterns(
+        PatternSet([p.pattern for p in patterns]), tuple(p.weight for p in patterns)
+    )
 
 
 def excerpt(match: re.Match[str], limit: int = 40) -> str:
@@ -80,37 +86,27 @@ class RegexFilter(Filter):
         if self.bomb or self.white or self.red:
             texts = [mime.headers_text(msg, self.max_scan), mime.text_content(msg, self.max_scan)]
         symbols: list[Symbol] = []
-        for pattern in self.bomb:
-            found = _search(pattern, texts)
-            if found is not None:
-                symbols.append(self.hit(
-                    "BOMB_RE", f"/{pattern.source}/ matched {excerpt(found)!r}", pattern.weight))
+        for index, found in self.bomb.patterns.search_all(texts):
+            symbols.append(self.hit(
+                "BOMB_RE", f"/{self.bomb.source(index)}/ matched {excerpt(found)!r}",
+                self.bomb.weights[index]))
         if self.bomb_subject:
             subject = mime.decoded_header(msg, "Subject")[: self.max_scan]
-            for pattern in self.bomb_subject:
-                found = pattern.regex.search(subject)
-                if found is not None:
-                    symbols.append(self.hit(
-                        "BOMB_SUBJECT", f"/{pattern.source}/ matched {excerpt(found)!r}",
-                        pattern.weight))
-        for pattern in self.red:
-            found = _search(pattern, texts)
-            if found is not None:
+            for index, found in self.bomb_subject.patterns.search_all([subject]):
                 symbols.append(self.hit(
-                    "RED_RE", f"/{pattern.source}/ matched {excerpt(found)!r}", pattern.weight))
-                break  # red is red: one mark is enough
-        for pattern in self.white:
-            found = _search(pattern, texts)
-            if found is not None:
-                accept = self.accept(
-                    "WHITE_RE", f"/{pattern.source}/ matched {excerpt(found)!r}")
-                return Verdict(symbols=tuple(symbols), final=accept.final)
+                    "BOMB_SUBJECT",
+                    f"/{self.bomb_subject.source(index)}/ matched {excerpt(found)!r}",
+                    self.bomb_subject.weights[index]))
+        red = self.red.patterns.search_first(texts) if self.red else None
+        if red is not None:  # red is red: one mark is enough
+            index, found = red
+            symbols.append(self.hit(
+                "RED_RE", f"/{self.red.source(index)}/ matched {excerpt(found)!r}",
+                self.red.weights[index]))
+        white = self.white.patterns.search_first(texts) if self.white else None
+        if white is not None:
+            index, found = white
+            accept = self.accept(
+                "WHITE_RE", f"/{self.white.source(index)}/ matched {excerpt(found)!r}")
+            return Verdict(symbols=tuple(symbols), final=accept.final)
         return self.found(*symbols) if symbols else NO_FINDINGS
-
-
-def _search(pattern: CompiledPattern, texts: Sequence[str]) -> re.Match[str] | None:
-    for text in texts:
-        found = pattern.regex.search(text)
-        if found is not None:
-            return found
-    return None

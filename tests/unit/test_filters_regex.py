@@ -129,3 +129,16 @@ async def test_garbage_message_does_not_raise() -> None:
     raw = b"Subject: \xff\xfe\x00\r\nContent-Type: multipart/mixed\r\n\r\n\x00\x80junk"
     verdict = await check(flt, raw)
     assert verdict.final is None
+
+
+def test_pattern_set_reports_every_matching_rule_and_falls_back_for_lookaround():
+    from appliance.patterns import PatternSet
+
+    patterns = PatternSet([r"cheap\s+pills", r"win(?=ner)", r"(\w)\1{3}", r"^subject: offer"])
+    assert patterns.fallback == (1, 2)  # lookahead and backreference need Python's re
+    text = "Subject: OFFER\nCHEAP  pills for the winner: aaaa"
+    found = patterns.search_all([text])
+    assert [index for index, _ in found] == [0, 1, 2, 3]
+    assert found[0][1].group(0) == "CHEAP  pills"
+    assert patterns.search_all(["nothing to see"]) == []
+    assert not PatternSet([])
