@@ -16,7 +16,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -25,6 +24,7 @@ from tests.support.services import (
     POSTFIX_DEFERS,
     POSTFIX_REJECTS,
     PostfixInstance,
+    postfix_settings,
     wait_until,
 )
 from tests.support.smtpclient import SMTPClient, SMTPProtocolError, send_message
@@ -62,27 +62,6 @@ def settle(postfix: PostfixInstance, timeout: float = 30.0) -> None:
 def wait_for_log(proxy, needle: str, timeout: float = 10.0, *, start: int = 0) -> None:
     found = wait_until(lambda: needle in proxy.stderr_text()[start:], timeout)
     assert found, f"{needle!r} not logged within {timeout:g}s:\n{proxy.stderr_text()[-3000:]}"
-
-
-@contextlib.contextmanager
-def postfix_settings(postfix: PostfixInstance, **settings: str) -> Iterator[None]:
-    """main.cf `settings` for the block (postconf -e + reload), the old values after."""
-    old = {name: postfix.postconf("-h", name).strip() for name in settings}
-
-    def apply(values: dict[str, str]) -> None:
-        reloads = postfix.maillog.count("reload -- version")
-        postfix.postconf("-e", *(f"{k}={v}" for k, v in values.items()))
-        postfix.reload()
-        # `postfix reload` only signals the master; wait until it re-read main.cf and its
-        # idle smtpd processes (still on the old settings) have gone.
-        assert wait_until(lambda: postfix.maillog.count("reload -- version") > reloads, 10)
-        time.sleep(0.5)
-
-    apply(settings)
-    try:
-        yield
-    finally:
-        apply(old)
 
 
 # ------------------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ import pytest
 from tests.support.services import (
     PostfixInstance,
     RecordingServer,
+    postfix_settings,
     postfix_supports,
-    wait_until,
 )
 from tests.support.smtpclient import Reply, SMTPClient
 
@@ -126,27 +126,6 @@ def assert_one_original_message(recorded: RecordingServer, tag: str) -> bytes:
     assert body.startswith(b"first message"), body
     assert BARE_LINE_END.search(message.content) is None, message.content
     return body
-
-
-@contextlib.contextmanager
-def postfix_settings(postfix: PostfixInstance, **settings: str) -> Iterator[None]:
-    """main.cf `settings` for the block (postconf -e + reload), the old values after."""
-    old = {name: postfix.postconf("-h", name).strip() for name in settings}
-
-    def apply(values: dict[str, str]) -> None:
-        reloads = postfix.maillog.count("reload -- version")
-        postfix.postconf("-e", *(f"{k}={v}" for k, v in values.items()))
-        postfix.reload()
-        # `postfix reload` only signals the master; wait until it has re-read main.cf and
-        # its idle smtpd processes (still on the old settings) have gone.
-        assert wait_until(lambda: postfix.maillog.count("reload -- version") > reloads, 10)
-        time.sleep(0.5)
-
-    apply(settings)
-    try:
-        yield
-    finally:
-        apply(old)
 
 
 # ------------------------------------------------------------------------------------------

@@ -1172,3 +1172,24 @@ class ProxyProcess:
 
 if __name__ == "__main__" and sys.argv[1:] == ["--reaper"]:
     sys.exit(_reaper_main())
+
+
+@contextlib.contextmanager
+def postfix_settings(postfix: PostfixInstance, **settings: str) -> Iterator[None]:
+    """main.cf `settings` for the block (postconf -e + reload), the old values after."""
+    old = {name: postfix.postconf("-h", name).strip() for name in settings}
+
+    def apply(values: dict[str, str]) -> None:
+        reloads = postfix.maillog.count("reload -- version")
+        postfix.postconf("-e", *(f"{k}={v}" for k, v in values.items()))
+        postfix.reload()
+        # `postfix reload` only signals the master; wait until it has re-read main.cf and
+        # its idle smtpd processes (still on the old settings) have gone.
+        assert wait_until(lambda: postfix.maillog.count("reload -- version") > reloads, 10)
+        time.sleep(0.5)
+
+    apply(settings)
+    try:
+        yield
+    finally:
+        apply(old)
