@@ -83,6 +83,8 @@ class Runtime:
         self._local_suffixes = suffixes
         self._relay_nets = relay_nets
         if hasattr(self, "pool"):
+            # Idle connections may lead to an old downstream: new transactions reconnect.
+            self.pool.drop_idle()
             self.pool.settings = config.downstream
             self.pool.helo_name = config.smtp.hostname
 

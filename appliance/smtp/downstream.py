@@ -82,6 +82,10 @@ class DownstreamPool:
         else:
             connection.close()
 
+    def drop_idle(self) -> None:
+        while self._idle:
+            self._idle.pop().connection.close()
+
     def prune(self) -> None:
         now = time.monotonic()
         fresh: deque[_Idle] = deque()
