@@ -300,11 +300,16 @@ class Handler:
         await self._end_transaction(session, "QUIT")
         return "221 2.0.0 Bye"
 
-    async def abort_transaction(self, server: PostwallSMTP, reason: str) -> None:
-        await self._end_transaction(server.session, reason)
+    async def abort_transaction(
+        self, server: PostwallSMTP, reason: str, reply: Reply | None = None
+    ) -> None:
+        """DATA went wrong before the message was judged (too big, NUL, timeout...)."""
+        await self._end_transaction(server.session, reason, reply)
 
-    async def _end_transaction(self, session: PostwallSession, reason: str) -> None:
-        """A transaction that ends without DATA: undo it downstream and log it."""
+    async def _end_transaction(
+        self, session: PostwallSession, reason: str, reply: Reply | None = None
+    ) -> None:
+        """A transaction that ends without a judged message: undo it downstream, log it."""
         downstream, session.downstream = session.downstream, None
         tx, session.tx = session.tx, None
         if downstream is not None:
@@ -314,7 +319,5 @@ class Handler:
                 downstream.discard_now()
                 raise
         if tx is not None:
-            action = Action.REJECT if tx.rejected_recipients else None
-            self.runtime.log_transaction(
-                tx, action, 0.0, None, None, f"ended without DATA: {reason}"
-            )
+            action = Action.REJECT if reply is not None or tx.rejected_recipients else None
+            self.runtime.log_transaction(tx, action, 0.0, reply, None, f"not judged: {reason}")

@@ -330,11 +330,13 @@ class PostwallSMTP(SMTP):
                 return
             content = self._check_and_unstuff(raw)
         except TimeoutError:
-            await self.event_handler.abort_transaction(self, "data timeout")
+            await self.event_handler.abort_transaction(
+                self, "data timeout", replies.DATA_TIMEOUT
+            )
             self.close_with(replies.DATA_TIMEOUT)
             return
         except DataError as exc:
-            await self.event_handler.abort_transaction(self, exc.reply.text)
+            await self.event_handler.abort_transaction(self, exc.reply.text, exc.reply)
             self._set_post_data_state()
             await self.push(str(exc.reply))
             return
