@@ -10,6 +10,8 @@ they take the write lock up front, so two writers never deadlock upgrading a rea
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,7 +54,7 @@ def _tune_sqlite(engine: Engine, busy_timeout_ms: int, *, is_file: bool) -> None
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {timeout}")
-            mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = _enable_wal(cursor, timeout / 1000)
             if is_file and str(mode).lower() != "wal":
                 log.warning("SQLite refused WAL mode (journal_mode=%s)", mode)
             cursor.execute("PRAGMA synchronous = NORMAL")
@@ -66,6 +68,24 @@ def _tune_sqlite(engine: Engine, busy_timeout_ms: int, *, is_file: bool) -> None
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             conn.exec_driver_sql("BEGIN")
+
+
+def _enable_wal(cursor: Any, patience: float) -> str:
+    """Switch to WAL once per database file. Changing the journal mode needs an exclusive
+    lock and SQLite answers "database is locked" at once, without waiting out the busy
+    timeout, when another process (a second worker, a migration) is busy with a new file;
+    so retry for as long as the busy timeout would have waited."""
+    mode = str(cursor.execute("PRAGMA journal_mode").fetchone()[0])
+    if mode.lower() == "wal":
+        return mode
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return str(cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 class Database:
