@@ -7,6 +7,7 @@ database layer."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ DRAIN_SECONDS = 35.0
 RESTARTS_PER_MINUTE = 5
 EXIT_CONFIG = 2
 EXIT_LISTEN = 3
+EXIT_RUNNING = 4
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Large message buffers from mmap, so freed memory goes back to the system at once
 # instead of fragmenting the heap; few arenas, since worker threads are few.
@@ -67,6 +69,11 @@ class Supervisor:
             format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
         )
         run_dir = Path(facts["data_dir"]) / "run"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not self._lock(run_dir / "serve.lock"):
+            log.error("another postwall serve already runs with %s (its workers would share "
+                      "the ports through SO_REUSEPORT); stop it first", facts["data_dir"])
+            return EXIT_RUNNING
         metrics_dir = run_dir / "metrics"
         if metrics_dir.exists():
             shutil.rmtree(metrics_dir)
@@ -82,6 +89,19 @@ class Supervisor:
             self._start(index)
         log.info("postwall: %d worker(s) started", self.count)
         return self._watch()
+
+    def _lock(self, path: Path) -> bool:
+        """Held for the supervisor's lifetime: one `serve` per data directory."""
+        self._lock_file = open(path, "a+")  # noqa: SIM115 - kept open on purpose
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        self._lock_file.seek(0)
+        self._lock_file.truncate()
+        self._lock_file.write(f"{os.getpid()}\n")
+        self._lock_file.flush()
+        return True
 
     def _watch(self) -> int:
         failures: dict[int, list[float]] = {}

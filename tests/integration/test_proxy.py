@@ -299,3 +299,17 @@ def test_starttls_when_a_certificate_is_configured(proxy_factory, recorded, tmp_
         client.sendmail("alice@partner.example", ["bob@example.com"], make_message("secret"))
     [message] = recorded.wait_for(1)
     assert b"with ESMTPS id" in message.content
+
+
+def test_a_second_serve_on_the_same_data_dir_is_refused(proxy):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "appliance", "serve", "--config", str(proxy.config_path),
+         "--workers", "1"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 4
+    assert "another postwall serve already runs" in result.stderr
+    assert proxy.is_running
