@@ -120,7 +120,7 @@ class Supervisor:
                 failures[index] = recent
                 if code == EXIT_LISTEN or len(recent) > RESTARTS_PER_MINUTE:
                     log.error("worker %d keeps failing (exit %s); stopping", index, code)
-                    status = 1
+                    status = EXIT_LISTEN if code == EXIT_LISTEN else 1
                     self._on_term(signal.SIGTERM, None)
                     del self.procs[index]
                     continue
