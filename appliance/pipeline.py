@@ -79,7 +79,10 @@ class Pipeline:
 
     async def _run_one(self, filter_: Filter, tx: TransactionContext) -> Final | None:
         try:
-            async with asyncio.timeout(filter_.timeout):
+            if filter_.waits_on_network:
+                async with asyncio.timeout(filter_.timeout):
+                    verdict = await filter_.check(tx)
+            else:
                 verdict = await filter_.check(tx)
         except Exception as exc:  # a broken check must never take the session down
             return self._failed(filter_, tx, exc)

@@ -197,8 +197,12 @@ class ScoringSettings(Section):
 
 class FilterSettings(Section):
     mode: Mode = Field(Mode.BLOCK, description="off, score (findings only add score) or block.")
-    timeout: float = Field(10.0, gt=0, le=300, description="Seconds before the check counts as "
-                           "failed and on_error applies.")
+    timeout: float = Field(
+        10.0, gt=0, le=300,
+        description="Seconds a check that waits on the network (DNS, clamd) may take before "
+        "it counts as failed and on_error applies. Local checks are bounded by their own "
+        "limits instead.",
+    )
     on_error: OnError | None = Field(
         None, description="fail_open (zero-score *_ERROR symbol) or tempfail (451); "
         "empty for the filter's own default."

@@ -37,6 +37,10 @@ class Filter(ABC):
     overrides_accept: ClassVar[bool] = False
     # Outgoing mail from the relay listener is never spam-scored; few checks apply to it.
     applies_to_relay: ClassVar[bool] = False
+    # Checks that wait on another process (DNS, clamd) run under `timeout`; a local check
+    # never yields to the event loop, so a timer could not interrupt it anyway and would
+    # only cost a timer per message (its work is bounded by its own limits instead).
+    waits_on_network: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -81,9 +85,10 @@ class Filter(ABC):
         """Judge the transaction at this filter's stage; never mutate the envelope."""
 
     def describe(self) -> str:
+        timeout = f", timeout={self.timeout:g}s" if self.waits_on_network else ""
         return (
             f"{self.name} ({self.stage.value}, {self.mode.value}, "
-            f"on_error={self.on_error.value}, timeout={self.timeout:g}s)"
+            f"on_error={self.on_error.value}{timeout})"
         )
 
 

@@ -22,6 +22,7 @@ class Probe(Filter):
 
     name = "probe"
     stage = Stage.DATA
+    waits_on_network = True  # so that the "slow" behaviour is timed out
     symbols: ClassVar[tuple[SymbolSpec, ...]] = (
         SymbolSpec("PROBE_HIT", 2.0, "hit"),
         SymbolSpec("PROBE_OK", -10.0, "welcome"),
