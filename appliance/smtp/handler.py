@@ -160,6 +160,7 @@ class Handler:
         tx = session.tx
         assert tx is not None
         runtime = self.runtime
+        address = self._qualify_postmaster(address)
         if len(envelope.rcpt_tos) >= runtime.config.limits.max_recipients:
             return str(replies.TOO_MANY_RECIPIENTS)
         if CONTROL_RE.search(address):
@@ -189,6 +190,16 @@ class Handler:
         else:
             tx.rejected_recipients.append((address, str(reply)))
         return str(reply)
+
+    def _qualify_postmaster(self, address: str) -> str:
+        """RFC 5321 4.5.1: a bare "Postmaster" must be accepted; it means ours."""
+        if address.lower() == "postmaster":
+            domain = next(
+                (d for d in self.runtime.config.local_domains if not d.startswith("*.")), None
+            )
+            if domain is not None:
+                return f"postmaster@{domain}"
+        return address
 
     def _relay_check(self, tx: TransactionContext, address: str) -> Reply | None:
         local, at, domain = address.rpartition("@")

@@ -14,7 +14,7 @@ from email.errors import HeaderParseError
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiosmtpd.smtp
-from aiosmtpd.smtp import SMTP, Session
+from aiosmtpd.smtp import SMTP, Session, syntax
 
 from appliance.context import ConnectionContext, Listener, TransactionContext
 from appliance.smtp import replies
@@ -75,7 +75,7 @@ ENHANCED_RE = re.compile(r"[245]\.\d{1,3}\.\d{1,3}(?: |$)")
 DEFAULT_ENHANCED = {
     "250": "2.0.0", "221": "2.0.0", "252": "2.5.0", "421": "4.3.0", "451": "4.3.0",
     "500": "5.5.2", "501": "5.5.4", "502": "5.5.1", "503": "5.5.1", "504": "5.5.4",
-    "530": "5.7.0", "550": "5.0.0", "552": "5.3.4", "553": "5.1.3", "554": "5.0.0",
+    "454": "4.7.0", "530": "5.7.0", "550": "5.0.0", "552": "5.3.4", "553": "5.1.3", "554": "5.0.0",
     "555": "5.5.4",
 }
 
@@ -122,7 +122,9 @@ class PostwallSMTP(SMTP):
             lambda: config.limits.max_command_length
         )
         self._smtp_methods = {
-            name: self._counting(method) for name, method in self._smtp_methods.items()
+            name: self._counting(method)
+            for name, method in self._smtp_methods.items()
+            if name != "AUTH"  # a gateway for other MTAs offers no AUTH
         }
         self._lingering = False
         self._in_data = False
@@ -216,6 +218,7 @@ class PostwallSMTP(SMTP):
         return super().eof_received()
 
     def _counting(self, method: Any) -> Any:
+        @functools.wraps(method)  # keeps aiosmtpd's syntax attributes for HELP
         async def counted(arg: str | None) -> None:
             self.session.commands += 1
             if self.session.commands > self.runtime.config.limits.max_commands:
@@ -291,12 +294,14 @@ class PostwallSMTP(SMTP):
             return None, None
         return addr, rest
 
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:
         if arg and SOURCE_ROUTE_RE.match(arg.partition(":")[2] if ":" in arg else arg):
             await self.push(str(replies.SOURCE_ROUTE))
             return
         await super().smtp_RCPT(arg)
 
+    @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         if await self.check_helo_needed():
             return

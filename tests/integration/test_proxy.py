@@ -313,3 +313,16 @@ def test_a_second_serve_on_the_same_data_dir_is_refused(proxy):
     assert result.returncode == 4
     assert "another postwall serve already runs" in result.stderr
     assert proxy.is_running
+
+
+def test_help_lists_commands_and_bare_postmaster_is_accepted(proxy, recorded):
+    with SMTPClient(*proxy.inbound) as smtp:
+        smtp.ehlo()
+        help_reply = smtp.command("HELP")
+        assert "MAIL" in help_reply.text and "RCPT" in help_reply.text
+        assert smtp.command("HELP RCPT").code == 250
+        assert smtp.mail("alice@partner.example").code == 250
+        assert smtp.rcpt("Postmaster").code == 250
+        assert smtp.data(make_message("to the postmaster")).code == 250
+    [message] = recorded.wait_for(1)
+    assert list(message.rcpt_tos) == ["postmaster@example.com"]
