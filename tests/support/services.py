@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -646,14 +647,17 @@ class PostfixInstance:
             raise ServiceError(f"{self.host}:{self.port} still accepts after Postfix stopped")
 
     def _remove_half_received(self) -> None:
-        """A cleanup process killed mid-message leaves incoming/<inode>.<pid>: never
-        acknowledged, but its odd name makes the next `postfix start` fail (postsuper
-        cannot log the warning to our maillog). Postfix would discard it anyway."""
+        """A cleanup process killed mid-message leaves an incomplete file in incoming/
+        (a temporary <inode>.<pid>, or an empty file already named by its queue id).
+        Postfix marks a finished queue file executable by its owner, so one without that
+        bit was never acknowledged: it would only keep `queue_ids` non-empty forever, and
+        an odd name makes the next `postfix start` fail (postsuper cannot log to our
+        maillog). Postfix itself discards such files."""
         incoming = self.queue_dir / "incoming"
         if not incoming.is_dir():
             return
-        for path in incoming.rglob("*.*"):
-            if path.is_file():
+        for path in incoming.rglob("*"):
+            if path.is_file() and not path.stat().st_mode & stat.S_IXUSR:
                 path.unlink(missing_ok=True)
 
     def reload(self) -> None:
