@@ -6,8 +6,6 @@ from appliance.verdict import Reply
 
 OK = Reply(250, "2.0.0", "OK")
 SENDER_OK = Reply(250, "2.1.0", "Sender OK")
-RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
-QUEUED = Reply(250, "2.0.0", "OK queued")
 RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied")
 RELAY_CLIENT_DENIED = Reply(554, "5.7.1", "Relay access denied for your address")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
