@@ -8,18 +8,13 @@ autowhitelist/corpus code recognise red mail by it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from appliance.config.schema import AddressListSettings
 from appliance.context import TransactionContext
 from appliance.filters.base import Filter
 from appliance.lists import ListMatch
 from appliance.verdict import NO_FINDINGS, Reply, Stage, Symbol, SymbolSpec, Verdict
-
-if TYPE_CHECKING:
-    from appliance.config.schema import Config, FilterSettings
-    from appliance.services import Services
 
 SENDER_BLACKLISTED = Reply(550, "5.7.1", "Sender blacklisted")
 
@@ -48,14 +43,8 @@ class AddressListFilter(Filter):
         ),
     )
 
-    def __init__(
-        self,
-        settings: FilterSettings,
-        weights: Mapping[str, float],
-        config: Config,
-        services: Services,
-    ) -> None:
-        super().__init__(settings, weights, config, services)
+    def setup(self) -> None:
+        settings = self.settings
         assert isinstance(settings, AddressListSettings)
         self.use_autowhitelist = settings.use_autowhitelist
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from appliance import mime
 from appliance.config.schema import AttachmentSettings
@@ -14,10 +13,6 @@ from appliance.context import TransactionContext
 from appliance.filters.archives import ArchiveLimits, IssueKind, inspect_zip, is_zip
 from appliance.filters.base import Filter
 from appliance.verdict import NO_FINDINGS, Reply, Stage, Symbol, SymbolSpec, Verdict
-
-if TYPE_CHECKING:
-    from appliance.config.schema import Config, FilterSettings
-    from appliance.services import Services
 
 ARCHIVE_SYMBOLS = {
     IssueKind.BOMB: "ARCHIVE_BOMB",
@@ -85,14 +80,8 @@ class AttachmentFilter(Filter):
         SymbolSpec("MIME_TOO_MANY_PARTS", 2.0, "More MIME parts than max_mime_parts", "mime"),
     )
 
-    def __init__(
-        self,
-        settings: FilterSettings,
-        weights: Mapping[str, float],
-        config: Config,
-        services: Services,
-    ) -> None:
-        super().__init__(settings, weights, config, services)
+    def setup(self) -> None:
+        settings = self.settings
         assert isinstance(settings, AttachmentSettings)
         self.cfg = settings
         self.pattern = extension_pattern(settings)

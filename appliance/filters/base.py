@@ -57,6 +57,11 @@ class Filter(ABC):
         self.services = services
         declared = {spec.name for spec in self.symbols}
         self._weights = {name: weights.get(name, spec_weight(self, name)) for name in declared}
+        self.setup()
+
+    def setup(self) -> None:
+        """Prepare what the check needs from `self.settings` (compile patterns...)."""
+        return
 
     def weight(self, name: str) -> float:
         try:

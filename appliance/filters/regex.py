@@ -9,9 +9,9 @@ decoded body text (HTML stripped) each at most `max_scan_bytes` characters.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from appliance import mime
 from appliance.config.schema import RegexSettings, WeightedPattern
@@ -19,10 +19,6 @@ from appliance.context import TransactionContext
 from appliance.filters.base import Filter
 from appliance.patterns import PatternSet
 from appliance.verdict import NO_FINDINGS, Stage, Symbol, SymbolSpec, Verdict
-
-if TYPE_CHECKING:
-    from appliance.config.schema import Config, FilterSettings
-    from appliance.services import Services
 
 _SPACE_RE = re.compile(r"\s+")
 
@@ -63,14 +59,8 @@ class RegexFilter(Filter):
                    "(autoresponder), never feeds the autowhitelist or the corpora", "red"),
     )
 
-    def __init__(
-        self,
-        settings: FilterSettings,
-        weights: Mapping[str, float],
-        config: Config,
-        services: Services,
-    ) -> None:
-        super().__init__(settings, weights, config, services)
+    def setup(self) -> None:
+        settings = self.settings
         assert isinstance(settings, RegexSettings)
         self.max_scan = settings.max_scan_bytes
         self.bomb = compile_patterns(settings.bomb_re)
