@@ -25,6 +25,10 @@ DOWNSTREAM_LATENCY = Histogram(
     "Time from DATA to the downstream's final reply",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+DNS_QUERIES = Counter(
+    "postwall_dns_queries_total", "DNS questions sent, by type and outcome", ["rdtype", "status"]
+)
+DNS_CACHE = Counter("postwall_dns_cache_total", "DNS cache lookups", ["result"])
 ERRORS = Counter("postwall_errors_total", "Errors by kind", ["kind"])
 
 

@@ -14,6 +14,8 @@ from appliance import metrics, mime
 from appliance.config import loader
 from appliance.config.loader import LoadedConfig
 from appliance.context import ConnectionContext, IPAddress, TransactionContext
+from appliance.dns import Resolver
+from appliance.filters.clamav import is_virus
 from appliance.filters.registry import build_filters, declared_symbols, is_red
 from appliance.pipeline import Pipeline
 from appliance.services import ListRegistry, Services
@@ -53,6 +55,9 @@ class Runtime:
         self.log_writer = (
             MessageLogWriter(storage.messagelog) if storage is not None and record else None
         )
+        self.record = record
+        # One resolver for the life of the worker: its cache outlives configuration reloads.
+        self.resolver = Resolver(loaded.config.dns)
         self.apply(loaded)
         self.pool = DownstreamPool(self.config.downstream, self.config.smtp.hostname)
 
@@ -65,7 +70,9 @@ class Runtime:
         db_values = self._db_list_values()
         lists = ListRegistry()
         lists.rebuild(config, db_values)
-        services = Services(lists=lists)
+        services = Services(
+            lists=lists, resolver=self.resolver, storage=self.storage, dry_run=not self.record
+        )
         filters = build_filters(config, services)
         declared = declared_symbols()
         pipeline = Pipeline(filters, declared, test_mode=config.test_mode)
@@ -75,6 +82,7 @@ class Runtime:
         # Commit: nothing above touched self.
         self.loaded = loaded
         self.config = config
+        self.resolver.configure(config.dns)
         self.lists = lists
         self.services = services
         self.pipeline = pipeline
@@ -174,6 +182,12 @@ class Runtime:
         if self.storage is None or tx.content is None:
             return None
         store = self.config.store
+        if is_virus(tx):
+            # Only in virus/, never in spam/ or okmail/ where it could be released.
+            if not self.config.filters.clamav.keep_virus:
+                return None
+            path = await asyncio.to_thread(self.storage.mail.keep, "virus", tx.id, tx.content)
+            return str(path)
         folder = KEEP_FOLDER.get(action)
         if (folder == "spam" and not store.spam) or (folder == "discarded" and not store.discarded):
             folder = None

@@ -18,6 +18,8 @@ from appliance.lists import IPIndex, ListIndex
 
 if TYPE_CHECKING:
     from appliance.config.schema import Config
+    from appliance.dns import Resolver
+    from appliance.storage.facade import Storage
 
 log = logging.getLogger("postwall.services")
 
@@ -132,9 +134,17 @@ class ListRegistry:
 
 @dataclass
 class Services:
-    """Shared, already-built helpers the filters use; cheap to read, free of I/O."""
+    """Shared, already-built helpers the filters use.
+
+    `resolver` is the worker's one DNS resolver (None where no DNS may be asked, as in
+    unit tests), `storage` the persistent state (None without a data directory), and
+    `dry_run` is True when the pipeline only explains (`postwall analyze`, the web UI's
+    analyzer): stateful checks then report what they would do and write nothing."""
 
     lists: ListRegistry = field(default_factory=ListRegistry)
+    resolver: Resolver | None = None
+    storage: Storage | None = None
+    dry_run: bool = False
 
     @classmethod
     def from_config(

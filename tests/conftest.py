@@ -22,6 +22,8 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))  # makes `tests.support` importable in any import mode
 
+from tests.support.clamd import ClamdInstance, clamd_unavailable_reason  # noqa: E402
+from tests.support.dns_server import NSD_BIN, AuthoritativeDNS  # noqa: E402
 from tests.support.services import (  # noqa: E402
     POSTFIX_BIN,
     PostfixInstance,
@@ -123,6 +125,42 @@ def postfix(request: pytest.FixtureRequest, recorder: RecordingServer) -> Iterat
     request.session.stash[_POSTFIX_KEY] = instance
     yield instance
     del request.session.stash[_POSTFIX_KEY]
+    instance.cleanup()
+
+
+@pytest.fixture(scope="session")
+def dns_server() -> Iterator[AuthoritativeDNS]:
+    """A real authoritative DNS server (NSD) on 127.0.0.1, UDP and TCP. Test modules
+    publish their own zones with ``dns_server.set_zone(origin, records)`` (use origins
+    unique to the module) and point the proxy at ``dns_server.nameserver``."""
+    if not NSD_BIN.exists():
+        pytest.skip(f"NSD is not installed ({NSD_BIN}): run scripts/install-test-deps")
+    server = AuthoritativeDNS()
+    server.set_zone("postwall.test", ["@ IN A 127.0.0.1"])
+    try:
+        server.start()
+    except ServiceError as exc:
+        server.cleanup()
+        pytest.fail(f"could not start NSD: {exc}", pytrace=False)
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def clamd() -> Iterator[ClamdInstance]:
+    """A real clamd with only the EICAR test signatures (tests/support/clamd.py), on a
+    unix socket (``clamd.address``) and a loopback TCP port (``clamd.tcp_address``).
+    Tests that stop clamd start their own ClamdInstance instead of stopping this one."""
+    reason = clamd_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    instance = ClamdInstance(tcp=True)
+    try:
+        instance.start()
+    except ServiceError as exc:
+        instance.cleanup()
+        pytest.fail(f"could not start clamd: {exc}", pytrace=False)
+    yield instance
     instance.cleanup()
 
 

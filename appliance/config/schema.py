@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from appliance.clamd import parse_address as parse_clamd_address
 from appliance.verdict import Mode, OnError
 
 DOMAIN_RE = re.compile(
@@ -35,6 +36,27 @@ def parse_hostport(value: str) -> tuple[str, int]:
         raise ValueError(f"port out of range in {value!r}")
     ipaddress.ip_address(host)  # listeners bind to addresses, never to names
     return host, int(port)
+
+
+def parse_nameserver(entry: str) -> tuple[str, int]:
+    """`127.0.0.1`, `127.0.0.1:5353`, `::1`, `[::1]:5353` -> (address, port)."""
+    text = entry.strip()
+    port = 53
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"bad nameserver {entry!r}")
+            port = int(rest[1:])
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        port = int(port_text)
+    else:
+        host = text
+    ipaddress.ip_address(host)  # a name would need a resolver to find the resolver
+    if not 0 < port < 65536:
+        raise ValueError(f"bad port in nameserver {entry!r}")
+    return host, port
 
 
 class ListenSettings(Section):
@@ -334,12 +356,71 @@ class SizeSettings(FilterSettings):
     )
 
 
+class ClamAVSettings(FilterSettings):
+    """Virus scanning with clamd. Off by default: a host has no clamd until the Ansible
+    clamav role installs it, and the role turns this filter on (mode: block)."""
+
+    mode: Mode = Field(
+        Mode.OFF,
+        description="off (default: no clamd until the clamav role installs one), score "
+        "(a virus only adds CLAMAV_VIRUS's weight) or block (a virus is refused with 554 "
+        "5.7.1, even for whitelisted senders).",
+    )
+    timeout: float = Field(
+        30.0, gt=0, le=300,
+        description="Seconds one scan may take (connect, upload, clamd's answer); past it "
+        "on_error applies.",
+    )
+    on_error: OnError | None = Field(
+        None,
+        description="clamd unreachable, failing or too slow: tempfail (default; 451 4.7.1, "
+        "the sender retries, nothing is delivered unscanned) or fail_open (deliver with a "
+        "zero-score CLAMAV_ERROR symbol).",
+    )
+    address: str = Field(
+        "/var/run/clamav/clamd.ctl",
+        description="clamd's socket: an absolute path is its LocalSocket, HOST:PORT its "
+        "TCPSocket ([v6]:PORT for IPv6).",
+    )
+    connect_timeout: float = Field(
+        5.0, gt=0, le=60, description="Seconds to connect to clamd (within timeout)."
+    )
+    max_stream_bytes: int = Field(
+        25 * 1024 * 1024, ge=1024,
+        description="Largest message sent to clamd, in octets. Set it to clamd's "
+        "StreamMaxLength (Debian's default is 25 MiB): clamd refuses longer streams, and a "
+        "message above either limit is handled by `oversize`.",
+    )
+    oversize: Literal["skip", "tempfail", "reject"] = Field(
+        "skip",
+        description="A message too large to scan: 'skip' delivers it unscanned with the "
+        "zero-weight CLAMAV_UNSCANNED symbol, 'tempfail' answers 452 4.3.4, 'reject' "
+        "answers 552 5.3.4.",
+    )
+    keep_virus: bool = Field(
+        False,
+        description="Keep a copy of every refused virus in the mail store's virus/ folder "
+        "(for checking false positives; subject to store.retention_days).",
+    )
+    scan_outgoing: bool = Field(
+        True,
+        description="Also scan mail from the relay listener (an infected internal machine "
+        "must not send viruses out).",
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return str(parse_clamd_address(value))
+
+
 class FilterSection(Section):
     ip_lists: IPListSettings = Field(default_factory=IPListSettings)
     address_lists: AddressListSettings = Field(default_factory=AddressListSettings)
     regex: RegexSettings = Field(default_factory=RegexSettings)
     attachments: AttachmentSettings = Field(default_factory=AttachmentSettings)
     size: SizeSettings = Field(default_factory=SizeSettings)
+    clamav: ClamAVSettings = Field(default_factory=ClamAVSettings)
 
 
 class AutowhitelistSettings(Section):
@@ -375,6 +456,41 @@ class MetricsSettings(Section):
         return value or None
 
 
+class DNSSettings(Section):
+    nameservers: list[str] = Field(
+        default_factory=list,
+        description="Resolvers to ask, as IP or IP:PORT ([v6]:PORT); empty = the host's "
+        "/etc/resolv.conf. Use a local caching resolver: public ones are refused by most "
+        "DNS blocklists.",
+    )
+    timeout: float = Field(2.0, gt=0, le=30, description="Seconds to wait for one server.")
+    lifetime: float = Field(
+        4.0, gt=0, le=60, description="Seconds for one question in all, across servers and retries."
+    )
+    cache_size: int = Field(
+        20000, ge=0, description="Answers kept per worker (0 disables the cache)."
+    )
+    max_ttl: int = Field(
+        86400, ge=0, description="Positive answers are cached for their TTL, at most this long."
+    )
+    negative_ttl: int = Field(
+        900, ge=0, description="Upper bound in seconds for caching 'no such name/no data'."
+    )
+    error_ttl: int = Field(
+        5, ge=0, description="Seconds a failed question (timeout, SERVFAIL) is not asked again."
+    )
+
+    @field_validator("nameservers")
+    @classmethod
+    def _servers(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                parse_nameserver(entry)
+            except ValueError as exc:
+                raise ValueError(f"nameserver {entry!r}: expected IP or IP:PORT ({exc})") from None
+        return value
+
+
 class Config(Section):
     listen: ListenSettings = Field(default_factory=ListenSettings)
     relay_networks: list[str] = Field(
@@ -393,6 +509,7 @@ class Config(Section):
         False, description="Every block becomes a tag (ASSP allTestMode): try rules safely."
     )
     smtp: SMTPSettings = Field(default_factory=SMTPSettings)
+    dns: DNSSettings = Field(default_factory=DNSSettings)
     tls: TLSSettings = Field(default_factory=TLSSettings)
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     filters: FilterSection = Field(default_factory=FilterSection)
