@@ -70,7 +70,8 @@ class Pipeline:
                 continue
             if tx.accepted_by is not None and not final.force:
                 continue
-            if self.test_mode:
+            # Test mode is for trying scoring rules; a virus (a forced final) is no rule.
+            if self.test_mode and not final.force:
                 tx.blocked_in_test_mode = final
                 continue
             tx.final = final

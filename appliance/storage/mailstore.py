@@ -30,6 +30,7 @@ FOLDERS: tuple[str, ...] = (
     "archive",
     "errors/spam",
     "errors/notspam",
+    "virus",  # refused viruses, kept only with filters.clamav.keep_virus
 )
 DIR_MODE = 0o750
 FILE_MODE = 0o640

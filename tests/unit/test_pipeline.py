@@ -132,6 +132,14 @@ async def test_test_mode_remembers_the_block_instead_of_applying_it():
     assert t.blocked_in_test_mode is not None
 
 
+async def test_test_mode_still_enforces_a_forced_block():
+    virus = make("virus")
+    t = tx()
+    result = await Pipeline([virus], declared(virus), test_mode=True).run(Stage.DATA, t)
+    assert result.final is not None and result.final.symbol.name == "PROBE_VIRUS"
+    assert t.blocked_in_test_mode is None
+
+
 async def test_relay_mail_skips_filters_that_do_not_apply_to_it():
     scorer = make("hit")
     t = tx(Listener.RELAY)
