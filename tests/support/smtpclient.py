@@ -76,10 +76,16 @@ def dot_stuff(content: bytes) -> bytes:
 class SMTPClient:
     """One SMTP connection. The greeting is read on connect (`.greeting`)."""
 
-    def __init__(self, host: str, port: int, timeout: float = 30.0) -> None:
+    def __init__(
+        self, host: str, port: int, timeout: float = 30.0, *, source: str | None = None
+    ) -> None:
+        """`source`: the local address to connect from (any 127.x works on loopback, so
+        a test can be a client other than 127.0.0.1)."""
         self.host = host
         self.port = port
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock = socket.create_connection(
+            (host, port), timeout=timeout, source_address=(source, 0) if source else None
+        )
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._buffer = b""
         self.features: dict[str, str] = {}
@@ -216,9 +222,10 @@ def send_message(
     helo: str = "client.example.net",
     mail_options: Iterable[str] = (),
     timeout: float = 30.0,
+    source: str | None = None,
 ) -> Transaction:
     """One complete transaction; stops early (without raising) when the server refuses."""
-    with SMTPClient(host, port, timeout=timeout) as smtp:
+    with SMTPClient(host, port, timeout=timeout, source=source) as smtp:
         result = Transaction(greeting=smtp.greeting)
         if smtp.greeting.code != 220:
             return result
