@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass
 from email.utils import formatdate
 
+from appliance.authresults import authserv_id_of
+from appliance.authresults import header_value as auth_results_value
 from appliance.config.schema import Config
 from appliance.context import TransactionContext
 from appliance.scoring import score
@@ -20,6 +22,11 @@ OWN_HEADER_RE = re.compile(
     rb"^(?:X-Postwall-[A-Za-z-]*|X-Spam-(?:Status|Score|Symbols|Flag|Level))[ \t]*:"
     rb"[^\n]*\n(?:[ \t][^\n]*\n)*",
     re.IGNORECASE | re.MULTILINE,
+)
+# RFC 8601 5: Authentication-Results fields claiming our authserv-id are forgeries (only
+# we may write them); fields of other authserv-ids are left alone.
+AUTH_RESULTS_RE = re.compile(
+    rb"^Authentication-Results[ \t]*:([^\n]*\n(?:[ \t][^\n]*\n)*)", re.IGNORECASE | re.MULTILINE
 )
 SUBJECT_RE = re.compile(rb"^Subject[ \t]*:[ \t]*", re.IGNORECASE | re.MULTILINE)
 HEADER_END_RE = re.compile(rb"\r?\n\r?\n")
@@ -70,16 +77,34 @@ def all_spamlovers(tx: TransactionContext) -> bool:
     return bool(tx.rcpt_tos) and all(r.lower() in lovers for r in tx.rcpt_tos)
 
 
-def strip_own_headers(content: bytes) -> bytes:
-    """Remove forged X-Spam-* / X-Postwall-* headers from the header block only."""
+def strip_own_headers(content: bytes, authserv_id: str | None = None) -> bytes:
+    """Remove forged X-Spam-* / X-Postwall-* headers, and Authentication-Results fields
+    naming `authserv_id`, from the header block only."""
     match = HEADER_END_RE.search(content)
     if match is None:
         return content
     head = content[: match.start() + 2]
-    if OWN_HEADER_RE.search(head) is None:
+    cleaned = head
+    if OWN_HEADER_RE.search(head) is not None:
+        cleaned = OWN_HEADER_RE.sub(b"", head)
+    if authserv_id:
+        cleaned = strip_auth_results(cleaned, authserv_id)
+    if cleaned is head:
         return content
-    cleaned = OWN_HEADER_RE.sub(b"", head)
     return cleaned + content[match.start() + 2 :]
+
+
+def strip_auth_results(head: bytes, authserv_id: str) -> bytes:
+    """`head` without the Authentication-Results fields whose authserv-id is ours."""
+    ours = authserv_id.lower()
+
+    def keep_others(field: re.Match[bytes]) -> bytes:
+        body = field.group(1).decode("utf-8", "replace")
+        return b"" if authserv_id_of(body) == ours else field.group(0)
+
+    if AUTH_RESULTS_RE.search(head) is None:
+        return head
+    return AUTH_RESULTS_RE.sub(keep_others, head)
 
 
 def header_line(name: str, value: str) -> bytes:
@@ -115,8 +140,12 @@ def received_header(tx: TransactionContext, hostname: str) -> bytes:
     if any(o.upper() == "SMTPUTF8" for o in tx.mail_options):
         proto = "UTF8" + proto
     rcpt = f"\r\n\tfor <{tx.rcpt_tos[0]}>" if len(tx.rcpt_tos) == 1 else ""
+    # RFC 5321 4.4 TCP-info: the client's name only once its PTR is forward-confirmed.
+    client = f"{conn.ptr_name} [{conn.peer_ip}]" if conn.fcrdns and conn.ptr_name else (
+        f"[{conn.peer_ip}]"
+    )
     value = (
-        f"from {helo} ([{conn.peer_ip}])\r\n\tby {hostname} (Postwall) with {proto} "
+        f"from {helo} ({client})\r\n\tby {hostname} (Postwall) with {proto} "
         f"id {tx.id}{rcpt};\r\n\t{formatdate(time.time(), localtime=False, usegmt=True)}"
     )
     return header_line("Received", value)
@@ -127,8 +156,12 @@ def render(
 ) -> bytes:
     """The octets relayed downstream: our headers on top, the original message below."""
     assert tx.content is not None
-    content = strip_own_headers(tx.content) if inbound else tx.content
-    top = [received_header(tx, config.smtp.hostname), header_line("X-Postwall-Id", tx.id)]
+    hostname = config.smtp.hostname
+    content = strip_own_headers(tx.content, hostname) if inbound else tx.content
+    top = [received_header(tx, hostname)]
+    if inbound:
+        top.append(header_line("Authentication-Results", auth_results_value(hostname, tx.auth)))
+    top.append(header_line("X-Postwall-Id", tx.id))
     if inbound and tx.accepted_by is None:
         spam = outcome.action >= Action.TAG
         required = config.scoring.thresholds.tag

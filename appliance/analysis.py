@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from email.utils import getaddresses
 
 from appliance import actions, mime
+from appliance.authresults import resinfos
 from appliance.context import ConnectionContext, Listener, RecipientContext, TransactionContext
 from appliance.runtime import Runtime
 from appliance.verdict import STAGE_ORDER, Reply, Stage, Symbol
@@ -18,18 +19,20 @@ class Analysis:
     sender: str
     recipients: list[str]
     client_ip: str
-    helo: str
+    helo: str | None
     stages: list[tuple[Stage, Symbol]] = field(default_factory=list)
     total: float = 0.0
     action: str = "deliver"
     reason: str = ""
     reply: str = ""
     stopped_at: Stage | None = None
+    # What SPF/DKIM/DMARC found, as the Authentication-Results header would say it.
+    auth_results: list[str] = field(default_factory=list)
 
     def render(self) -> str:
         lines = [
             f"envelope: from=<{self.sender}> to={', '.join(self.recipients)} "
-            f"ip={self.client_ip} helo={self.helo}",
+            f"ip={self.client_ip} helo={self.helo or '(not given: HELO checks skipped)'}",
             f"{'stage':8} {'symbol':28} {'score':>7}  reason",
         ]
         for stage, symbol in self.stages:
@@ -40,6 +43,8 @@ class Analysis:
         lines.append(f"action: {self.action} ({self.reason})")
         if self.reply:
             lines.append(f"reply: {self.reply}")
+        for item in self.auth_results:
+            lines.append(f"auth: {item}")
         return "\n".join(lines)
 
 
@@ -58,8 +63,12 @@ def default_envelope(content: bytes, config_domains: list[str]) -> tuple[str, li
 
 async def analyze(
     runtime: Runtime, content: bytes, *, sender: str | None = None,
-    recipients: list[str] | None = None, client_ip: str = "192.0.2.1", helo: str = "unknown",
+    recipients: list[str] | None = None, client_ip: str = "192.0.2.1", helo: str | None = None,
 ) -> Analysis:
+    """Every stage as the SMTP dialogue would run it, connect-stage DNS checks included
+    (the runtime's resolver is asked; `services.dry_run` keeps stateful checks from
+    writing). Without a HELO name the helo stage is skipped rather than judging a
+    made-up one."""
     default_sender, default_rcpts = default_envelope(content, runtime.config.local_domains)
     sender = default_sender if sender is None else sender
     recipients = recipients or default_rcpts
@@ -69,6 +78,8 @@ async def analyze(
     report = Analysis(sender, recipients, str(ip), helo)
     seen = 0
     for stage in STAGE_ORDER:
+        if stage is Stage.HELO and helo is None:
+            continue
         if stage is Stage.RCPT:
             for rcpt in recipients:
                 tx.current_rcpt = RecipientContext(rcpt)
@@ -91,6 +102,7 @@ async def analyze(
     if tx.content is None:
         tx.content = content
     outcome = actions.decide(tx, runtime.config, runtime.declared)
+    report.auth_results = resinfos(tx.auth)
     report.total = outcome.total
     report.action = outcome.action.label
     report.reason = outcome.reason

@@ -85,7 +85,7 @@ def check_config(config_path: Path) -> None:
         click.echo(f"  {line}")
     click.echo("symbols:")
     for filter_ in runtime.pipeline.ordered():
-        for spec in filter_.symbols:
+        for spec in (*filter_.symbols, *filter_.configured_symbols(filter_.settings)):
             weight = filter_.weight(spec.name)
             source = "config" if spec.name in config.scoring.weights else "default"
             group = f" [{spec.group}]" if spec.group else ""
@@ -99,9 +99,10 @@ def check_config(config_path: Path) -> None:
 @click.option("--to", "recipients", multiple=True, help="Envelope recipient (repeatable).")
 @click.option("--ip", "client_ip", default="192.0.2.1", show_default=True,
               help="Client IP address the message came from.")
-@click.option("--helo", default="unknown", show_default=True, help="Client HELO name.")
+@click.option("--helo", default=None,
+              help="Client HELO name (default: none given, the HELO checks are skipped).")
 def analyze(config_path: Path, message: Path, sender: str | None,
-            recipients: tuple[str, ...], client_ip: str, helo: str) -> None:
+            recipients: tuple[str, ...], client_ip: str, helo: str | None) -> None:
     """Run the whole pipeline on MESSAGE without sending it; print every symbol."""
     import ipaddress
 
@@ -228,6 +229,167 @@ def open_storage_if_present(data_dir: Path):  # type: ignore[no-untyped-def]
     except Exception as exc:
         click.echo(f"warning: lists in {data_dir} unavailable: {exc}", err=True)
         return None
+
+
+# -- greylist and penalty box ----------------------------------------------------------
+
+
+def open_config_and_storage(config_path: Path):  # type: ignore[no-untyped-def]
+    from appliance.storage.facade import Storage
+
+    loaded = load_or_exit(config_path)
+    try:
+        return loaded.config, Storage.open(loaded.config.data_dir)
+    except Exception as exc:
+        raise click.ClickException(f"cannot open {loaded.config.data_dir}: {exc}") from exc
+
+
+def _when(moment) -> str:  # type: ignore[no-untyped-def]
+    return moment.isoformat(timespec="seconds") if moment is not None else "-"
+
+
+@main.group()
+def greylist() -> None:
+    """Show and clear the greylist: triplets (client network, sender, recipient) delayed
+    now, and those that passed. Running proxies notice a clear within a few seconds."""
+
+
+@greylist.command("show")
+@config_option
+@click.option("--passed", is_flag=True, help="Triplets that passed instead of delayed ones.")
+@click.option("--limit", type=click.IntRange(1, 100000), default=100, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0)
+def greylist_show(config_path: Path, passed: bool, limit: int, offset: int) -> None:
+    """Print the delayed (or passed) triplets, newest first."""
+    from datetime import UTC, datetime
+
+    config, storage = open_config_and_storage(config_path)
+    try:
+        counts = storage.greylist.counts()
+        click.echo(f"delayed: {counts['delayed']}  passed: {counts['passed']}  "
+                   f"client networks: {counts['clients']}  "
+                   f"(greylisting is {config.filters.greylist.mode.value})")
+        store = storage.greylist
+        entries = store.passed(limit, offset) if passed else store.delayed(limit, offset)
+        now = datetime.now(UTC)
+        delay = config.filters.greylist.delay
+        for e in entries:
+            if e.passed_at is not None:
+                state = f"passed={_when(e.passed_at)} last_used={_when(e.last_seen)}"
+            else:
+                wait = delay - (now - e.first_seen).total_seconds()
+                state = f"retry in {wait:.0f}s" if wait > 0 else "retry now passes"
+            click.echo(f"{e.client_net}\t<{e.sender}> -> <{e.recipient}>\t"
+                       f"first={_when(e.first_seen)}\tattempts={e.attempts}\t{state}")
+    finally:
+        storage.close()
+
+
+@greylist.command("clear")
+@config_option
+@click.argument("client", required=False)
+@click.option("--all", "everything", is_flag=True, help="Forget every triplet and network.")
+def greylist_clear(config_path: Path, client: str | None, everything: bool) -> None:
+    """Forget the triplets of CLIENT (an address or network), or everything with --all:
+    their next attempt is delayed again."""
+    import ipaddress
+
+    from appliance.netblock import netblock
+
+    if (client is None) == (not everything):
+        raise click.UsageError("name one client address or network, or give --all")
+    config, storage = open_config_and_storage(config_path)
+    settings = config.filters.greylist
+    network = None
+    if client is not None:
+        try:
+            if "/" in client:
+                network = str(ipaddress.ip_network(client, strict=False))
+            else:
+                network = netblock(client, settings.ipv4_prefix, settings.ipv6_prefix)
+        except ValueError as exc:
+            storage.close()
+            raise click.BadParameter(str(exc), param_hint="CLIENT") from exc
+    try:
+        removed = storage.greylist.clear(network)
+    finally:
+        storage.close()
+    click.echo(f"removed {removed} triplet(s){f' of {network}' if network else ''}")
+
+
+@main.group()
+def penalty() -> None:
+    """Show and clear the penalty box: client scores that grow with bad behaviour and
+    decay over time. Running proxies notice a clear within a few seconds."""
+
+
+def _penalty_status(score: float, settings) -> str:  # type: ignore[no-untyped-def]
+    if settings.reject_score is not None and score >= settings.reject_score:
+        return "rejected (554)"
+    if score >= settings.tempfail_score:
+        return "tempfailed (421)"
+    return "admitted"
+
+
+@penalty.command("show")
+@config_option
+@click.argument("client", required=False)
+@click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
+def penalty_show(config_path: Path, client: str | None, limit: int) -> None:
+    """Print CLIENT's score, or the clients with the highest scores now."""
+    config, storage = open_config_and_storage(config_path)
+    settings = config.filters.penalty_box
+    try:
+        if client is not None:
+            try:
+                entry = storage.penalty.get(client)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="CLIENT") from exc
+            entries = [entry] if entry is not None else []
+            if not entries:
+                click.echo(f"{client}: no penalty score")
+                sys.exit(1)
+        else:
+            entries = sorted(
+                storage.penalty.entries(limit=1_000_000),
+                key=lambda e: e.current(settings.half_life), reverse=True,
+            )[:limit]
+    finally:
+        storage.close()
+    click.echo(f"tempfail at {settings.tempfail_score:g}, reject at "
+               f"{settings.reject_score if settings.reject_score is not None else 'never'}, "
+               f"half-life {settings.half_life:g}s (penalty box is {settings.mode.value})")
+    for entry in entries:
+        score = entry.current(settings.half_life)
+        click.echo(f"{entry.client}\tscore={score:.1f}\t{_penalty_status(score, settings)}\t"
+                   f"events={entry.events}\tlast={_when(entry.updated_at)}\t{entry.last_reason}")
+
+
+@penalty.command("clear")
+@config_option
+@click.argument("clients", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Empty the whole penalty box.")
+def penalty_clear(config_path: Path, clients: tuple[str, ...], everything: bool) -> None:
+    """Forget the scores of CLIENTS (addresses, or IPv6 /64s), or of everyone (--all)."""
+    if bool(clients) == everything:
+        raise click.UsageError("name client addresses, or give --all")
+    _config, storage = open_config_and_storage(config_path)
+    missing = 0
+    try:
+        if everything:
+            click.echo(f"removed {storage.penalty.clear_all()} client(s)")
+            return
+        for client in clients:
+            try:
+                removed = storage.penalty.clear(client)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="CLIENTS") from exc
+            click.echo(f"{'cleared' if removed else 'no score:'} {client}")
+            missing += not removed
+    finally:
+        storage.close()
+    if missing:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from email.message import Message
 from enum import StrEnum
 from functools import cached_property
 
+from appliance.authresults import AuthResults
 from appliance.verdict import Final, Symbol
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -46,6 +47,21 @@ class ConnectionContext:
     symbols: list[Symbol] = field(default_factory=list)
     final: Final | None = None
     accepted_by: str | None = None  # a connect-stage allow list exempts every transaction
+    # What the client sent before the greeting (None: no greeting delay was applied).
+    pregreet: bytes | None = None
+    # Worked out once per connection by appliance.client_state: the key of the client's
+    # penalty score and rates, and whether it is trusted (relay listener or networks,
+    # ip_allow) and so exempt from those checks and from greylisting.
+    client_key: str | None = None
+    trusted: bool | None = None
+    # The address the client connected to (one of ours), for checks of forged HELO names.
+    local_ip: IPAddress | None = None
+    # Symbols added by the latest HELO/EHLO, replaced when the client says HELO again.
+    helo_symbols: tuple[Symbol, ...] = ()
+    # The client's reverse DNS (fcrdns filter): the PTR name (the confirmed one if any),
+    # and whether it resolves back to peer_ip. None: not looked up, or DNS failed.
+    ptr_name: str | None = None
+    fcrdns: bool | None = None
 
     @property
     def is_relay(self) -> bool:
@@ -79,6 +95,8 @@ class TransactionContext:
     filter_errors: int = 0
     # Recipients refused at RCPT (by us or by Postfix) with the reply they got.
     rejected_recipients: list[tuple[str, str]] = field(default_factory=list)
+    # SPF, DKIM and DMARC results, for DMARC and the Authentication-Results header.
+    auth: AuthResults = field(default_factory=AuthResults)
 
     @property
     def size(self) -> int:

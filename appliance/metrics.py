@@ -30,6 +30,12 @@ DNS_QUERIES = Counter(
 )
 DNS_CACHE = Counter("postwall_dns_cache_total", "DNS cache lookups", ["result"])
 ERRORS = Counter("postwall_errors_total", "Errors by kind", ["kind"])
+DNSBL_ZONE_SUSPENDED = Gauge(
+    "postwall_dnsbl_zone_suspended",
+    "1 while a DNS list zone (DNSBL, DNSWL, URIBL) is suspended by the sanity guard",
+    ["zone"],
+    multiprocess_mode="livemax",
+)
 
 
 def serve(listen: str) -> None:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from appliance import metrics, mime
+from appliance.client_state import ClientState
 from appliance.config import loader
 from appliance.config.loader import LoadedConfig
 from appliance.context import ConnectionContext, IPAddress, TransactionContext
@@ -30,6 +31,10 @@ if TYPE_CHECKING:
     from appliance.storage.facade import Storage
 
 log = logging.getLogger("postwall.runtime")
+
+# log_transaction reasons of transactions no check decided (the penalty box counts
+# only their refused recipients, not a "blocked message").
+UNJUDGED = ("not judged", "connect:")
 
 KEEP_FOLDER = {
     Action.QUARANTINE: "spam",
@@ -58,6 +63,8 @@ class Runtime:
         self.record = record
         # One resolver for the life of the worker: its cache outlives configuration reloads.
         self.resolver = Resolver(loaded.config.dns)
+        # Penalty box, greylist cache and rate windows: they outlive reloads too.
+        self.client_state = ClientState(loaded.config, storage, record=record)
         self.apply(loaded)
         self.pool = DownstreamPool(self.config.downstream, self.config.smtp.hostname)
 
@@ -71,10 +78,11 @@ class Runtime:
         lists = ListRegistry()
         lists.rebuild(config, db_values)
         services = Services(
-            lists=lists, resolver=self.resolver, storage=self.storage, dry_run=not self.record
+            lists=lists, resolver=self.resolver, storage=self.storage, dry_run=not self.record,
+            clients=self.client_state,
         )
         filters = build_filters(config, services)
-        declared = declared_symbols()
+        declared = declared_symbols(config=config)
         pipeline = Pipeline(filters, declared, test_mode=config.test_mode)
         exact = frozenset(d for d in config.local_domains if not d.startswith("*."))
         suffixes = tuple(d[1:] for d in config.local_domains if d.startswith("*."))
@@ -83,6 +91,7 @@ class Runtime:
         self.loaded = loaded
         self.config = config
         self.resolver.configure(config.dns)
+        self.client_state.configure(config, lists)
         self.lists = lists
         self.services = services
         self.pipeline = pipeline
@@ -135,6 +144,21 @@ class Runtime:
             ip = ip.ipv4_mapped
         return ip, int(peer[1])
 
+    @staticmethod
+    def parse_local(server: PostwallSMTP) -> IPAddress | None:
+        """The address of ours the client connected to (None if the socket cannot say)."""
+        transport = server.transport
+        sockname = transport.get_extra_info("sockname") if transport is not None else None
+        if not sockname:
+            return None
+        try:
+            ip = ipaddress.ip_address(str(sockname[0]).split("%", 1)[0])
+        except ValueError:
+            return None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return ip
+
     def session_opened(self, server: PostwallSMTP) -> bool:
         """Count the session; `server.limit_exceeded` names a limit it would break."""
         self.sessions.add(server)
@@ -156,6 +180,13 @@ class Runtime:
         self._sessions_changed.set()
         if server.limit_exceeded is None:
             self.counts.close(server.peer_ip_text)
+        session = server.session
+        if session is not None and session.conn is not None:
+            self.client_state.observe_connection(
+                session.conn, protocol_errors=session.protocol_errors,
+                closed_for_errors=session.closed_for_errors, smuggling=session.smuggling,
+                declared=self.declared,
+            )
         metrics.ACTIVE_SESSIONS.labels(server.listener.value).dec()
 
     def admission(self, server: PostwallSMTP) -> Reply | None:
@@ -237,9 +268,16 @@ class Runtime:
         self, tx: TransactionContext, action: Action | None, total: float, reply: Reply | None,
         downstream_reply: str | None, reason: str, kept: str | None = None,
     ) -> None:
+        self.client_state.observe_transaction(
+            tx, action, reply, judged=not reason.startswith(UNJUDGED), declared=self.declared
+        )
         label = action.label if action is not None else "aborted"
         if reply is not None and reply.is_temporary and action is Action.REJECT:
             label = "tempfail"
+        elif reply is None and action is Action.REJECT and tx.rejected_recipients and all(
+            text[:1] == "4" for _, text in tx.rejected_recipients
+        ):
+            label = "tempfail"  # every recipient deferred (greylisted, say): it will return
         listener = tx.connection.listener.value
         metrics.MESSAGES.labels(listener, label).inc()
         for symbol in tx.symbols:
@@ -278,6 +316,7 @@ class Runtime:
 
     async def close(self) -> None:
         await self.pool.close()
+        await asyncio.to_thread(self.client_state.close)
         if self.log_writer is not None:
             await asyncio.to_thread(self.log_writer.close)
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from appliance.lists import IPIndex, ListIndex
 
 if TYPE_CHECKING:
+    from appliance.client_state import ClientState
     from appliance.config.schema import Config
     from appliance.dns import Resolver
     from appliance.storage.facade import Storage
@@ -145,6 +146,9 @@ class Services:
     resolver: Resolver | None = None
     storage: Storage | None = None
     dry_run: bool = False
+    # The worker's penalty box, greylist cache and shared rate windows (None in unit
+    # tests that do not need them: those checks then find nothing).
+    clients: ClientState | None = None
 
     @classmethod
     def from_config(

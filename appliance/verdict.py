@@ -14,13 +14,18 @@ class Stage(StrEnum):
     """SMTP stage a filter runs at; connect-stage checks run at the first command."""
 
     CONNECT = "connect"
+    # After the optional greeting delay, before the 220 (postscreen's pregreet test);
+    # runs right after CONNECT when there is no delay.
+    GREETING = "greeting"
     HELO = "helo"
     MAIL = "mail"
     RCPT = "rcpt"
     DATA = "data"
 
 
-STAGE_ORDER: tuple[Stage, ...] = (Stage.CONNECT, Stage.HELO, Stage.MAIL, Stage.RCPT, Stage.DATA)
+STAGE_ORDER: tuple[Stage, ...] = (
+    Stage.CONNECT, Stage.GREETING, Stage.HELO, Stage.MAIL, Stage.RCPT, Stage.DATA
+)
 
 
 class Mode(StrEnum):

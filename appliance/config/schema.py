@@ -191,6 +191,13 @@ class Thresholds(Section):
         return self
 
 
+# Groups whose symbols add up quickly for one underlying fault (a forged HELO literal is
+# also a mismatch): their total is capped unless the operator says otherwise.
+DEFAULT_GROUP_CAPS: dict[str, float] = {
+    "helo": 5.0,
+}
+
+
 class ScoringSettings(Section):
     thresholds: Thresholds = Field(default_factory=Thresholds)
     weights: dict[str, float] = Field(
@@ -198,7 +205,9 @@ class ScoringSettings(Section):
         description="Symbol name -> weight, overriding the filters' declared defaults.",
     )
     group_caps: dict[str, float] = Field(
-        default_factory=dict, description="Symbol group -> largest total it may contribute."
+        default_factory=lambda: dict(DEFAULT_GROUP_CAPS),
+        description="Symbol group -> largest total it may contribute. Setting this "
+        "replaces the defaults (helo: 5), so repeat the ones you keep.",
     )
     subject_prefix: str = Field("[SPAM]", description="Prefix for the subject of tagged mail.")
     quarantine_delivers: Literal["tagged", "no"] = Field(
@@ -414,6 +423,663 @@ class ClamAVSettings(FilterSettings):
         return str(parse_clamd_address(value))
 
 
+class HeloSettings(FilterSettings):
+    """HELO/EHLO validation on the inbound listener (filters/helo.py)."""
+
+    reject: list[str] = Field(
+        default_factory=list,
+        description="HELO symbols that refuse the HELO/EHLO command in block mode (e.g. "
+        "[HELO_INVALID, HELO_FORGED]): HELO_INVALID gets 501 5.5.2, the others 550 5.7.1, and "
+        "the client may try again with a true name. Empty: every finding only adds score.",
+    )
+    check_dns: bool = Field(
+        False,
+        description="Look the HELO name up (A/AAAA through the shared resolver): a name "
+        "that does not exist scores HELO_NO_DNS. Off by default: many legitimate senders "
+        "announce internal names.",
+    )
+    check_dns_matches_client: bool = Field(
+        False,
+        description="With check_dns: a HELO name whose addresses do not include the client's "
+        "scores HELO_NOT_CLIENT (large senders often fail this; weight it low).",
+    )
+    timeout: float = Field(
+        5.0, gt=0, le=300,
+        description="Seconds the DNS lookups of one HELO may take before HELO_ERROR applies.",
+    )
+
+
+DYNAMIC_PTR_PATTERNS: tuple[str, ...] = (
+    r"(^|[.-])(dyn|dynamic|dynip|dhcp|pool|dsl|adsl|vdsl|xdsl|dial|dialup|dial-up|ppp|pppoe"
+    r"|cable|broadband|cpe|residential|unassigned)[0-9]*([.-]|$)",
+    r"(^|[.-])(static|client|customer|cust|user|host|ip)[0-9]*-[0-9]+-[0-9]+",
+)
+
+
+class FCrDNSSettings(FilterSettings):
+    """Reverse DNS of the client, forward-confirmed (filters/fcrdns.py). Off by default:
+    turn it on once `dns.nameservers` points at a resolver you trust."""
+
+    mode: Mode = Field(
+        Mode.OFF,
+        description="off (default), score or block (the same: this check only adds score).",
+    )
+    timeout: float = Field(
+        6.0, gt=0, le=60,
+        description="The lookups start at connect (the greeting never waits for them); MAIL "
+        "FROM waits for what is still missing at most this long, then FCRDNS_ERROR (score 0) "
+        "and the session goes on.",
+    )
+    max_names: int = Field(
+        5, ge=1, le=20,
+        description="PTR names whose addresses are looked up to confirm the client (a PTR "
+        "answer with more names is cut here, so a hostile zone cannot fan out lookups).",
+    )
+    dynamic_patterns: list[str] = Field(
+        default_factory=lambda: list(DYNAMIC_PTR_PATTERNS),
+        description="Regular expressions (case-insensitive, searched in the PTR name) that "
+        "mark a generic, dynamically assigned host name (RDNS_DYNAMIC).",
+    )
+    dynamic_embedded_ip: bool = Field(
+        True,
+        description="A PTR name that spells out all four octets of the client's IPv4 address "
+        "(1-2-3-4.isp.example, 4.3.2.1.isp.example, 001002003004.isp.example) is dynamic too.",
+    )
+
+    @field_validator("dynamic_patterns")
+    @classmethod
+    def _compiles(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {value!r}: {exc}") from exc
+        return values
+
+
+class SenderSettings(FilterSettings):
+    """Sender domain validation at MAIL FROM on the inbound listener (filters/sender.py).
+    Off by default: turn it on once `dns.nameservers` points at a resolver you trust."""
+
+    mode: Mode = Field(
+        Mode.OFF,
+        description="off (default), score (findings only add score) or block (the reject_* "
+        "findings below refuse MAIL FROM).",
+    )
+    timeout: float = Field(
+        8.0, gt=0, le=60, description="Seconds the MX and A/AAAA lookups may take."
+    )
+    on_error: OnError | None = Field(
+        None,
+        description="DNS failure (timeout, SERVFAIL): fail_open (default; SENDER_TEMPERROR, "
+        "score 0) or tempfail (451 4.1.8, the sender retries later).",
+    )
+    reject_unknown_domain: bool = Field(
+        True,
+        description="In block mode, a sender domain that does not exist (NXDOMAIN: 550 5.1.8) "
+        "or cannot exist (no domain, not fully qualified, bad syntax: 553 5.1.7) is refused.",
+    )
+    reject_null_mx: bool = Field(
+        True,
+        description="In block mode, a sender domain publishing a null MX (RFC 7505: it "
+        "accepts no mail, so no bounce could reach it) is refused with 550 5.7.27.",
+    )
+    reject_local_forged: bool = Field(
+        True,
+        description="In block mode, a sender in local_domains from a client outside "
+        "relay_networks and ip_allow is refused with 550 5.7.1 (your own domain arriving "
+        "from the internet). Turn off if outside services legitimately send as you.",
+    )
+
+
+def _domain_patterns(values: list[str]) -> list[str]:
+    """Domains as `example.com` or `*.example.com` (subdomains), lower-cased."""
+    out = []
+    for value in values:
+        name = value.strip().lower().rstrip(".")
+        bare = name[2:] if name.startswith("*.") else name
+        if not DOMAIN_RE.match(bare):
+            raise ValueError(f"invalid domain name {value!r}")
+        out.append(name)
+    return out
+
+
+class GreylistSettings(FilterSettings):
+    """Greylisting at RCPT (ASSP and postgrey style) by (client network, sender,
+    recipient) triplet. Off by default: it delays the first mail from every new sender."""
+
+    mode: Mode = Field(
+        Mode.OFF,
+        description="off (default: operators opt in), score (GREYLISTED only adds its weight: "
+        "shows what would be delayed) or block (a new triplet gets 451 4.7.1).",
+    )
+    timeout: float = Field(
+        5.0, gt=0, le=300,
+        description="Seconds to look a triplet up in the database when this worker has not "
+        "seen it yet; past it on_error applies.",
+    )
+    delay: float = Field(
+        300.0, ge=0, le=86400,
+        description="Seconds a new triplet is delayed: a retry after this passes (ASSP and "
+        "postgrey: 5 minutes).",
+    )
+    retry_window: float = Field(
+        172800.0, gt=0, le=30 * 86400,
+        description="Seconds after the first attempt within which the retry must come (2 "
+        "days); a later retry is treated as a new first attempt.",
+    )
+    pass_days: int = Field(
+        36, ge=1, le=3650,
+        description="Days a passed triplet (and an auto-whitelisted client network) is kept "
+        "after its last use; every use renews it (postgrey --max-age 35).",
+    )
+    ipv4_prefix: int = Field(
+        24, ge=8, le=32,
+        description="IPv4 clients are grouped by this network prefix: big senders retry "
+        "from another address of the same pool.",
+    )
+    ipv6_prefix: int = Field(64, ge=16, le=128, description="Likewise for IPv6 clients.")
+    auto_whitelist_after: int = Field(
+        5, ge=0, le=10000,
+        description="A client network that retried this many different triplets after the "
+        "delay is a real mail server and is no longer greylisted (postgrey "
+        "--auto-whitelist-clients); 0 never.",
+    )
+    pass_networks: list[str] = Field(
+        default_factory=list,
+        description="Client networks (CIDR) never greylisted, e.g. big providers' outbound "
+        "pools that retry from other addresses.",
+    )
+    pass_sender_domains: list[str] = Field(
+        default_factory=list,
+        description="Sender domains never greylisted ('example.com', '*.example.com' for "
+        "subdomains). Sender domains can be forged: list only those whose delay hurts.",
+    )
+    null_sender: Literal["greylist", "pass"] = Field(
+        "greylist",
+        description="The null sender <> (bounces, receipts, address verification probes): "
+        "'greylist' delays it like any sender (triplet sender '<>'); 'pass' lets it through "
+        "at once, for sites whose users send to servers that verify senders by callout.",
+    )
+
+    @field_validator("pass_networks")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        return [_cidr(v) for v in values]
+
+    @field_validator("pass_sender_domains")
+    @classmethod
+    def _domains(cls, values: list[str]) -> list[str]:
+        return _domain_patterns(values)
+
+    @model_validator(mode="after")
+    def _window_after_delay(self) -> GreylistSettings:
+        if self.retry_window <= self.delay:
+            raise ValueError("retry_window must be longer than delay")
+        return self
+
+
+class PenaltyPoints(Section):
+    """Points a client collects per bad event; 0 ignores that kind of event."""
+
+    rejected_recipient: float = Field(
+        1.0, ge=0, le=1000,
+        description="Per recipient refused with 5xx, by Postwall or by Postfix (address "
+        "harvesting, dictionary attacks).",
+    )
+    dnsbl: float = Field(
+        5.0, ge=0, le=1000, description="Per DNS blocklist listing (symbols in group 'dnsbl')."
+    )
+    virus: float = Field(25.0, ge=0, le=1000, description="Per message with a virus.")
+    blocked_message: float = Field(
+        4.0, ge=0, le=1000,
+        description="Per message refused or discarded as spam or by a blocking check.",
+    )
+    protocol_error: float = Field(
+        1.0, ge=0, le=1000,
+        description="Per unknown command, syntax error or command out of sequence.",
+    )
+    too_many_errors: float = Field(
+        10.0, ge=0, le=1000,
+        description="When the session is closed for exceeding limits.max_errors.",
+    )
+    smuggling: float = Field(
+        25.0, ge=0, le=1000,
+        description="Per message whose DATA holds an SMTP smuggling end-of-data sequence "
+        "(a dot line with a bare CR or LF).",
+    )
+    early_talker: float = Field(
+        15.0, ge=0, le=1000,
+        description="For talking before the greeting (filters.early_talker).",
+    )
+
+
+class PenaltyBoxSettings(FilterSettings):
+    """IP reputation with decay (ASSP's penalty box): bad events add points to the
+    client's score (IPv4 address or IPv6 /64), which halves every `half_life`."""
+
+    half_life: float = Field(
+        3600.0, gt=0, le=30 * 86400,
+        description="Seconds in which a client's score halves.",
+    )
+    tempfail_score: float = Field(
+        20.0, gt=0,
+        description="From this score new connections get 421 4.7.0 (the sender retries "
+        "later, when the score has decayed).",
+    )
+    reject_score: float | None = Field(
+        50.0, gt=0,
+        description="From this score new connections get 554 5.7.1; empty never refuses "
+        "permanently.",
+    )
+    points: PenaltyPoints = Field(default_factory=PenaltyPoints)
+    forget_below: float = Field(
+        0.5, gt=0,
+        description="Clients whose score decayed below this are deleted by the maintenance.",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PenaltyBoxSettings:
+        if self.reject_score is not None and self.reject_score < self.tempfail_score:
+            raise ValueError("reject_score must not be below tempfail_score")
+        if self.forget_below >= self.tempfail_score:
+            raise ValueError("forget_below must be below tempfail_score")
+        return self
+
+
+class RateLimitSettings(FilterSettings):
+    """Connections per client per minute and messages per client per hour, counted
+    across all workers (IPv6 clients per /64). Clients in relay_networks, ip_allow and
+    `exempt_networks` are not limited."""
+
+    connections_per_minute: int = Field(
+        120, ge=0, le=1_000_000,
+        description="Connections one client may open in any 60 s; more get 421 4.7.0. "
+        "Refused attempts count too, so a client must slow down to get in. 0: no limit.",
+    )
+    messages_per_hour: int = Field(
+        2000, ge=0, le=10_000_000,
+        description="Transactions (MAIL FROM) one client may start in any hour; more get "
+        "451 4.7.1 at MAIL. 0: no limit.",
+    )
+    exempt_networks: list[str] = Field(
+        default_factory=list, description="Client networks (CIDR) that are never limited."
+    )
+
+    @field_validator("exempt_networks")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        return [_cidr(v) for v in values]
+
+
+class EarlyTalkerSettings(FilterSettings):
+    """postscreen's pregreet test: wait `greeting_delay` before the 220 greeting; a
+    client that talks first is a bot that does not follow the protocol."""
+
+    greeting_delay: float = Field(
+        0.0, ge=0, le=60,
+        description="Seconds to wait before the 220 greeting (postscreen's greet_wait is "
+        "6 s; a few seconds catch most bots). 0 turns the test off. Not applied on the "
+        "relay listener, nor to relay_networks and ip_allow clients.",
+    )
+
+
+class SPFSettings(FilterSettings):
+    """SPF (RFC 7208) of the MAIL FROM identity, or of the HELO name for the null sender,
+    on the inbound listener (filters/spf.py). Off by default: turn it on once
+    `dns.nameservers` points at a resolver you trust."""
+
+    mode: Mode = Field(
+        Mode.OFF,
+        description="off (default), score (the SPF_* symbol only adds its weight) or block "
+        "(with reject_fail, an SPF fail is refused at MAIL FROM).",
+    )
+    timeout: float = Field(
+        8.0, gt=0, le=60,
+        description="Seconds one SPF evaluation may take, every DNS lookup of its include "
+        "chain together; past it the result is temperror (SPF_TEMPERROR).",
+    )
+    reject_fail: bool = Field(
+        False,
+        description="In block mode, refuse MAIL FROM when SPF says fail (the domain's owner "
+        "says this client may not send for it) with 550 5.7.23 and the domain's explanation. "
+        "Off: fail only scores SPF_FAIL, and DMARC decides with the DKIM result too "
+        "(forwarded mail fails SPF but may carry a valid DKIM signature).",
+    )
+
+
+class DKIMSettings(FilterSettings):
+    """DKIM signature verification (RFC 6376) of inbound mail (filters/dkim.py). Off by
+    default: turn it on once `dns.nameservers` points at a resolver you trust."""
+
+    mode: Mode = Field(
+        Mode.OFF,
+        description="off (default), score or block (the same: DKIM only records results and "
+        "adds score; DMARC acts on them).",
+    )
+    timeout: float = Field(
+        10.0, gt=0, le=60,
+        description="Seconds for the key lookups and the verification of all signatures; "
+        "past it DKIM_ERROR (score 0).",
+    )
+    max_signatures: int = Field(
+        5, ge=1, le=50,
+        description="DKIM-Signature fields verified per message (from the top); further "
+        "ones are ignored, so a message with hundreds of signatures costs no more.",
+    )
+    min_key_bits: int = Field(
+        1024, ge=512, le=4096,
+        description="RSA keys shorter than this are refused (permerror, DKIM_INVALID): RFC "
+        "8301 forbids verifying with keys under 1024 bits.",
+    )
+    max_key_bits: int = Field(
+        8192, ge=1024, le=16384,
+        description="RSA keys longer than this are refused (permerror, DKIM_INVALID) without "
+        "being used: verifying with huge keys costs CPU for nothing (RFC 8301 needs up to "
+        "4096).",
+    )
+
+    @model_validator(mode="after")
+    def _key_range(self) -> DKIMSettings:
+        if self.min_key_bits > self.max_key_bits:
+            raise ValueError("min_key_bits must not exceed max_key_bits")
+        return self
+
+
+class DMARCSettings(FilterSettings):
+    """DMARC (RFC 7489) of the RFC5322.From domain, from the SPF and DKIM results
+    (filters/dmarc.py, runs after DKIM). Off by default: turn it on once `dns.nameservers`
+    points at a resolver you trust, with the spf and dkim filters."""
+
+    mode: Mode = Field(
+        Mode.OFF,
+        description="off (default), score (a failure only adds its DMARC_FAIL_* weight) or "
+        "block (with honor_reject, a failure under p=reject is refused).",
+    )
+    timeout: float = Field(
+        6.0, gt=0, le=60,
+        description="Seconds for the _dmarc policy lookups; past it DMARC_ERROR (score 0).",
+    )
+    honor_reject: bool = Field(
+        True,
+        description="In block mode, refuse mail that fails DMARC where the domain publishes "
+        "p=reject (after pct sampling) with 550 5.7.1. Off: it scores DMARC_FAIL_REJECT.",
+    )
+
+
+SPAMHAUS_REFUSAL_CODES = ("127.255.255.252", "127.255.255.254", "127.255.255.255")
+SYMBOL_LABEL_RE = re.compile(r"^[A-Z0-9]+(?:_[A-Z0-9]+)*$")
+
+
+def _symbol_label(value: str) -> str:
+    label = value.strip().upper()
+    if not SYMBOL_LABEL_RE.match(label) or len(label) > 40:
+        raise ValueError(f"label {value!r}: use 1-40 letters, digits and single underscores")
+    return label
+
+
+def _list_answer(value: str) -> str:
+    try:
+        address = ipaddress.IPv4Address(value.strip())
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 address") from None
+    if address not in ipaddress.IPv4Network("127.0.0.0/8"):
+        raise ValueError(f"{value}: DNS list answers lie in 127.0.0.0/8")
+    return str(address)
+
+
+class DNSListCode(Section):
+    label: str = Field(
+        description="Symbol suffix for this answer: the symbol is <PREFIX>_<zone label>_<label>, "
+        "e.g. DNSBL_ZEN_SBL."
+    )
+    weight: float = Field(description="Score of this answer.")
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, value: str) -> str:
+        return _symbol_label(value)
+
+
+class DNSListZone(Section):
+    """One DNS list (RFC 5782): `<key>.<zone>` has an A record in 127.0.0.0/8 when listed."""
+
+    zone: str = Field(description="The list's DNS zone, e.g. zen.spamhaus.org.")
+    label: str | None = Field(
+        None,
+        description="Symbol label, e.g. ZEN gives DNSBL_ZEN; empty: the zone name in upper "
+        "case with underscores.",
+    )
+    weight: float | None = Field(
+        3.0,
+        description="Score of any 127.0.0.0/8 answer that `codes` does not name (symbol "
+        "<PREFIX>_<label>); empty: such answers are ignored.",
+    )
+    codes: dict[str, DNSListCode] = Field(
+        default_factory=dict,
+        description="Answer address -> {label, weight}: what each return code means, e.g. "
+        "127.0.0.2: {label: SBL, weight: 4}, 127.0.0.10: {label: PBL, weight: 1.5}.",
+    )
+    bitmask: bool = Field(
+        False,
+        description="Codes are bits (multi.uribl.com, SURBL): an answer matches every code "
+        "whose bits it has set (127.0.0.14 = 2 + 4 + 8).",
+    )
+    refusal_codes: list[str] = Field(
+        default_factory=lambda: list(SPAMHAUS_REFUSAL_CODES),
+        description="Answers meaning 'your resolver is refused or rate-limited' (Spamhaus "
+        "127.255.255.252/254/255): they suspend the zone instead of scoring.",
+    )
+    probe: bool = Field(
+        True,
+        description="Check the zone now and then with its RFC 5782 test entries (listed one "
+        "listed, unlisted one not); a zone that fails is suspended.",
+    )
+
+    @field_validator("zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        name = value.strip().lower().rstrip(".")
+        if not DOMAIN_RE.match(name) or "." not in name:
+            raise ValueError(f"invalid zone name {value!r}")
+        return name
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, value: str | None) -> str | None:
+        return _symbol_label(value) if value else None
+
+    @field_validator("codes")
+    @classmethod
+    def _codes(cls, value: dict[str, DNSListCode]) -> dict[str, DNSListCode]:
+        codes = {_list_answer(k): v for k, v in value.items()}
+        labels = [code.label for code in codes.values()]
+        duplicate = sorted({label for label in labels if labels.count(label) > 1})
+        if duplicate:
+            raise ValueError(f"codes share the label(s) {', '.join(duplicate)}")
+        return codes
+
+    @field_validator("refusal_codes")
+    @classmethod
+    def _refusals(cls, value: list[str]) -> list[str]:
+        return [_list_answer(v) for v in value]
+
+    @model_validator(mode="after")
+    def _scores_something(self) -> DNSListZone:
+        if self.weight is None and not self.codes:
+            raise ValueError(f"zone {self.zone}: give a weight or codes, or it never scores")
+        if self.bitmask and any(
+            int(ipaddress.IPv4Address(c)) & 0xFFFFFF == 0 for c in self.codes
+        ):
+            raise ValueError("bitmask codes need at least one bit below 127.")
+        return self
+
+    def weights(self) -> list[float]:
+        return [w for w in (self.weight, *(c.weight for c in self.codes.values())) if w is not None]
+
+    @property
+    def symbol_label(self) -> str:
+        """`label`, else the zone name in upper case with `_` for dots and dashes."""
+        if self.label:
+            return self.label
+        return "".join(c if c.isalnum() else "_" for c in self.zone.upper()).strip("_")
+
+
+class DNSBLZone(DNSListZone):
+    @model_validator(mode="after")
+    def _positive(self) -> DNSBLZone:
+        if any(w < 0 for w in self.weights()):
+            raise ValueError(f"zone {self.zone}: blocklist weights must not be negative "
+                             "(an allow list belongs in dnswl_zones)")
+        return self
+
+
+class DNSWLZone(DNSListZone):
+    weight: float | None = Field(
+        -2.0,
+        description="Score (zero or negative) of any 127.0.0.0/8 answer that `codes` does "
+        "not name; empty: such answers are ignored.",
+    )
+
+    @model_validator(mode="after")
+    def _negative(self) -> DNSWLZone:
+        if any(w > 0 for w in self.weights()):
+            raise ValueError(f"zone {self.zone}: allow list weights must be zero or negative")
+        return self
+
+
+class URIBLZone(DNSBLZone):
+    refusal_codes: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", *SPAMHAUS_REFUSAL_CODES],
+        description="Answers meaning 'your resolver is refused or rate-limited' (URIBL "
+        "127.0.0.1, Spamhaus DBL 127.255.255.252/254/255): they suspend the zone.",
+    )
+    probe_listed: str = Field(
+        "test", description="Name the zone must list (RFC 5782: 'test'); empty: not probed."
+    )
+    probe_unlisted: str = Field(
+        "invalid",
+        description="Name the zone must not list (RFC 5782: 'invalid'); empty: not probed.",
+    )
+    ips: bool = Field(
+        False,
+        description="Also look up IP-literal URLs (http://192.0.2.1/) here, reversed like a "
+        "DNSBL (4.3.2.1.zone); for lists that carry IPs, such as Spamhaus SBL.",
+    )
+
+    @field_validator("probe_listed", "probe_unlisted")
+    @classmethod
+    def _probe_name(cls, value: str) -> str:
+        name = value.strip().lower().rstrip(".")
+        if name and not DOMAIN_RE.match(name):
+            raise ValueError(f"invalid probe name {value!r}")
+        return name
+
+
+class DNSListSettings(FilterSettings):
+    """What DNSBL and URIBL share: timeout, blocking, the sanity guard."""
+
+    timeout: float = Field(
+        5.0, gt=0, le=60,
+        description="Seconds the lookups may take in all; past it on_error applies "
+        "(fail_open by default: the mail is judged without this check).",
+    )
+    reject_score: float | None = Field(
+        3.0,
+        description="In block mode, refuse the mail when this check's score (its group "
+        "capped by scoring.group_caps) reaches this; empty: it only adds score.",
+    )
+    probe_interval: float = Field(
+        600.0, ge=1, le=86400,
+        description="Seconds between sanity probes of one zone (per worker).",
+    )
+    suspend_seconds: float = Field(
+        600.0, ge=1, le=86400,
+        description="How long a zone that refused us, listed everything or did not list its "
+        "test entry stays suspended before it is probed again.",
+    )
+
+
+def _unique_labels(zones: list[DNSListZone], where: str) -> None:
+    labels = [zone.symbol_label for zone in zones]
+    duplicate = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicate:
+        raise ValueError(f"{where}: zones share the label(s) {', '.join(duplicate)}; give "
+                         "each zone its own label")
+
+
+class DNSBLSettings(DNSListSettings):
+    """The client IP in DNS blocklists (DNSBL) and allow lists (DNSWL), asked at connect
+    and judged at MAIL FROM."""
+
+    zones: list[DNSBLZone] = Field(
+        default_factory=list,
+        description="Blocklists of client addresses (symbols DNSBL_<label>, group dnsbl).",
+    )
+    dnswl_zones: list[DNSWLZone] = Field(
+        default_factory=list,
+        description="Allow lists of client addresses (symbols DNSWL_<label>, group dnswl, "
+        "zero or negative weights), e.g. list.dnswl.org.",
+    )
+    check_private: bool = Field(
+        False,
+        description="Also look up clients with private, loopback or other non-global "
+        "addresses (no public list knows them; tests on loopback need it).",
+    )
+
+    @model_validator(mode="after")
+    def _labels(self) -> DNSBLSettings:
+        _unique_labels(list(self.zones), "filters.dnsbl.zones")
+        _unique_labels(list(self.dnswl_zones), "filters.dnsbl.dnswl_zones")
+        return self
+
+
+class URIBLSettings(DNSListSettings):
+    """Domains of the URLs in a message's text in URI blocklists, judged at DATA."""
+
+    zones: list[URIBLZone] = Field(
+        default_factory=list,
+        description="URI blocklists (symbols URIBL_<label>, group uribl), e.g. "
+        "multi.uribl.com with bitmask codes, dbl.spamhaus.org.",
+    )
+    max_lookups: int = Field(
+        20, ge=1, le=1000,
+        description="Distinct domains (and IPs) looked up per message, in the order they "
+        "appear; each is asked in every zone. Bounds the DNS traffic one message causes.",
+    )
+    max_scan_bytes: int = Field(
+        512000, ge=1024, le=50 * 1024 * 1024,
+        description="Decoded text (plain and HTML parts) searched for URLs per message.",
+    )
+    skip_domains: list[str] = Field(
+        default_factory=lambda: ["w3.org"],
+        description="Registered domains never looked up (besides local_domains): domains "
+        "in most mail that no list carries.",
+    )
+    private_suffixes: bool = Field(
+        False,
+        description="Also treat the public suffix list's private section as suffixes "
+        "(foo.blogspot.com is then its own registered domain); URI lists use the ICANN "
+        "section (blogspot.com).",
+    )
+
+    @field_validator("skip_domains")
+    @classmethod
+    def _domains(cls, values: list[str]) -> list[str]:
+        out = []
+        for value in values:
+            name = value.strip().lower().rstrip(".")
+            if not DOMAIN_RE.match(name):
+                raise ValueError(f"invalid domain name {value!r}")
+            out.append(name)
+        return out
+
+    @model_validator(mode="after")
+    def _labels(self) -> URIBLSettings:
+        _unique_labels(list(self.zones), "filters.uribl.zones")
+        return self
+
+
 class FilterSection(Section):
     ip_lists: IPListSettings = Field(default_factory=IPListSettings)
     address_lists: AddressListSettings = Field(default_factory=AddressListSettings)
@@ -421,6 +1087,18 @@ class FilterSection(Section):
     attachments: AttachmentSettings = Field(default_factory=AttachmentSettings)
     size: SizeSettings = Field(default_factory=SizeSettings)
     clamav: ClamAVSettings = Field(default_factory=ClamAVSettings)
+    greylist: GreylistSettings = Field(default_factory=GreylistSettings)
+    penalty_box: PenaltyBoxSettings = Field(default_factory=PenaltyBoxSettings)
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    early_talker: EarlyTalkerSettings = Field(default_factory=EarlyTalkerSettings)
+    helo: HeloSettings = Field(default_factory=HeloSettings)
+    fcrdns: FCrDNSSettings = Field(default_factory=FCrDNSSettings)
+    sender: SenderSettings = Field(default_factory=SenderSettings)
+    spf: SPFSettings = Field(default_factory=SPFSettings)
+    dkim: DKIMSettings = Field(default_factory=DKIMSettings)
+    dmarc: DMARCSettings = Field(default_factory=DMARCSettings)
+    dnsbl: DNSBLSettings = Field(default_factory=DNSBLSettings)
+    uribl: URIBLSettings = Field(default_factory=URIBLSettings)
 
 
 class AutowhitelistSettings(Section):

@@ -55,9 +55,15 @@ class Filter(ABC):
         self.on_error: OnError = settings.on_error or self.default_on_error
         self.config = config
         self.services = services
-        declared = {spec.name for spec in self.symbols}
-        self._weights = {name: weights.get(name, spec_weight(self, name)) for name in declared}
+        specs = (*self.symbols, *self.configured_symbols(settings))
+        self._weights = {spec.name: weights.get(spec.name, spec.weight) for spec in specs}
         self.setup()
+
+    @classmethod
+    def configured_symbols(cls, settings: FilterSettings) -> tuple[SymbolSpec, ...]:
+        """Symbols the configuration declares (one per DNS list zone, say), besides the
+        fixed `symbols`; the registry declares them like those."""
+        return ()
 
     def setup(self) -> None:
         """Prepare what the check needs from `self.settings` (compile patterns...)."""

@@ -12,9 +12,22 @@ from typing import TYPE_CHECKING
 from appliance.filters.address_lists import AddressListFilter, RecipientListFilter
 from appliance.filters.attachments import AttachmentFilter
 from appliance.filters.base import Filter, error_symbol_name
+from appliance.filters.clamav import ClamAVFilter
+from appliance.filters.dkim import DKIMFilter
+from appliance.filters.dmarc import DMARCFilter
+from appliance.filters.dnsbl import DNSBLFilter, DNSBLPrefetch
+from appliance.filters.early_talker import EarlyTalkerFilter
+from appliance.filters.fcrdns import FCrDNSFilter, FCrDNSPrefetch
+from appliance.filters.greylist import GreylistFilter
+from appliance.filters.helo import HeloFilter
 from appliance.filters.ip_lists import IPListFilter
+from appliance.filters.penalty_box import PenaltyBoxFilter
+from appliance.filters.rate_limits import ConnectionRateFilter, MessageRateFilter
 from appliance.filters.regex import RegexFilter
+from appliance.filters.sender import SenderFilter
 from appliance.filters.size import SizeFilter
+from appliance.filters.spf import SPFFilter
+from appliance.filters.uribl import URIBLFilter
 from appliance.verdict import Mode, Symbol, SymbolSpec
 
 if TYPE_CHECKING:
@@ -25,11 +38,27 @@ if TYPE_CHECKING:
 # cheap and decisive checks first.
 FILTER_CLASSES: tuple[type[Filter], ...] = (
     IPListFilter,
+    ConnectionRateFilter,  # connect: counts every connection the IP lists did not allow
+    PenaltyBoxFilter,  # connect: refuses bad clients before any DNS is asked for them
+    DNSBLPrefetch,  # connect: only starts the lookups, before anything that waits
+    FCrDNSPrefetch,  # connect: only starts the reverse DNS lookups
+    EarlyTalkerFilter,  # greeting: after the greeting delay, before the 220
+    HeloFilter,
+    MessageRateFilter,  # mail: before the sender lists (the limit is the client's)
     AddressListFilter,
+    DNSBLFilter,  # mail stage: reads the prefetched answers; whitelisted senders skip it
+    FCrDNSFilter,  # mail stage: reads the prefetched reverse DNS, like DNSBLFilter
+    SenderFilter,  # after the sender lists: a whitelisted sender is not looked up
+    SPFFilter,  # mail stage, after the sender lists (a whitelisted sender is not checked)
     RecipientListFilter,
+    GreylistFilter,  # rcpt: after the recipient lists (noprocessing is never delayed)
     SizeFilter,
     AttachmentFilter,
+    ClamAVFilter,  # waits on clamd; forced: runs for whitelisted mail too
     RegexFilter,
+    URIBLFilter,
+    DKIMFilter,
+    DMARCFilter,  # after DKIM: it reads the SPF and DKIM results
 )
 
 # Symbols that mark mail as red: it never feeds the autowhitelist or the corpora.
@@ -49,10 +78,13 @@ def settings_for(cls: type[Filter], config: Config) -> FilterSettings:
         raise ValueError(f"filter {cls.name} has no settings section filters.{section}") from None
 
 
-def declared_symbols(classes: Iterable[type[Filter]] = FILTER_CLASSES) -> dict[str, SymbolSpec]:
+def declared_symbols(
+    classes: Iterable[type[Filter]] = FILTER_CLASSES, config: Config | None = None
+) -> dict[str, SymbolSpec]:
     """Every symbol any filter may emit, including the zero-weight NAME_ERROR symbol the
-    pipeline records when a filter fails. Two filters may share a symbol only with an
-    identical declaration."""
+    pipeline records when a filter fails, and, given `config`, the symbols it declares
+    (one per DNS list zone). Two filters may share a symbol only with an identical
+    declaration."""
     declared: dict[str, SymbolSpec] = {}
     owner: dict[str, str] = {}
 
@@ -68,6 +100,9 @@ def declared_symbols(classes: Iterable[type[Filter]] = FILTER_CLASSES) -> dict[s
     for cls in classes:
         for spec in cls.symbols:
             add(spec, cls.name)
+        if config is not None:
+            for spec in cls.configured_symbols(settings_for(cls, config)):
+                add(spec, cls.name)
         add(SymbolSpec(error_symbol_name(cls.name), 0.0, f"The {cls.name} check failed "
                        "(crash or timeout); its on_error policy applied"), cls.name)
     return declared
@@ -76,7 +111,7 @@ def declared_symbols(classes: Iterable[type[Filter]] = FILTER_CLASSES) -> dict[s
 def validate_scoring(config: Config, declared: Mapping[str, SymbolSpec] | None = None) -> None:
     """Every weight names a declared symbol and every group cap a declared group; a typo
     in either is an error, not a silently ignored setting."""
-    declared = declared_symbols() if declared is None else declared
+    declared = declared_symbols(config=config) if declared is None else declared
     unknown = sorted(set(config.scoring.weights) - set(declared))
     if unknown:
         raise ValueError(f"scoring.weights names undeclared symbol(s): {', '.join(unknown)}")
@@ -93,7 +128,7 @@ def build_filters(
 ) -> list[Filter]:
     """Instances of the enabled filters (mode not off), in pipeline order."""
     classes = tuple(classes)
-    validate_scoring(config, declared_symbols(classes))
+    validate_scoring(config, declared_symbols(classes, config))
     filters: list[Filter] = []
     for cls in classes:
         settings = settings_for(cls, config)

@@ -58,6 +58,7 @@ class Handler:
         session = server.session
         ip, port = runtime.parse_peer(server)
         conn = ConnectionContext(peer_ip=ip, peer_port=port, listener=server.listener)
+        conn.local_ip = runtime.parse_local(server)
         session.conn = conn
         refusal = runtime.admission(server)
         if refusal is not None:
@@ -76,15 +77,40 @@ class Handler:
                 reply = Reply(421, reply.enhanced or "4.7.0", reply.text)
             runtime.log_refusal(conn, reply, result.final.symbol.name, tx.symbols)
             return reply
-        return None
+        return await self._greeting_stage(server, conn, tx)
+
+    async def _greeting_stage(
+        self, server: PostwallSMTP, conn: ConnectionContext, tx: TransactionContext
+    ) -> Reply | None:
+        """The optional greeting delay (postscreen's pregreet test), then the
+        greeting-stage checks. What the client sends before the greeting is kept aside
+        in `conn.pregreet`, never read as commands; trusted clients are not delayed."""
+        runtime = self.runtime
+        delay = runtime.client_state.greeting_delay
+        if delay > 0 and not runtime.client_state.is_exempt(conn):
+            conn.pregreet = await server.wait_before_greeting(delay)
+        result = await runtime.pipeline.run(Stage.GREETING, tx)
+        conn.symbols = tx.symbols
+        conn.accepted_by = tx.accepted_by
+        if result.final is None:
+            return None
+        reply = _reply_for_final(result.final, replies.LOCAL_ERROR)
+        if result.final.decision is Decision.TEMPFAIL:
+            reply = Reply(421, reply.enhanced or "4.7.0", reply.text)
+        runtime.log_refusal(conn, reply, result.final.symbol.name, tx.symbols)
+        return reply
 
     async def _helo_stage(self, session: PostwallSession, hostname: str) -> Reply | None:
         conn = session.conn
         assert conn is not None
         conn.helo = hostname
-        tx = TransactionContext(connection=conn, symbols=list(conn.symbols))
+        # A second HELO/EHLO (after STARTTLS, or a retry) is judged afresh: the findings
+        # of the previous one go, or they would count twice.
+        kept = conn.symbols[: len(conn.symbols) - len(conn.helo_symbols)]
+        tx = TransactionContext(connection=conn, symbols=list(kept))
         tx.accepted_by = conn.accepted_by
         result = await self.runtime.pipeline.run(Stage.HELO, tx)
+        conn.helo_symbols = tuple(tx.symbols[len(kept):])
         conn.symbols = tx.symbols
         conn.accepted_by = tx.accepted_by
         if result.final is not None:
@@ -138,8 +164,11 @@ class Handler:
         if not address.isascii() and "SMTPUTF8" not in mail_options:
             return str(replies.NEEDS_SMTPUTF8)
         conn.transactions += 1
+        # aiosmtpd spells the null reverse-path "<>" (it needs a true value to detect a
+        # nested MAIL); the context, the filters and the downstream MAIL use "".
         tx = TransactionContext(
-            connection=conn, mail_from=address, mail_options=tuple(mail_options),
+            connection=conn, mail_from="" if address == "<>" else address,
+            mail_options=tuple(mail_options),
             symbols=list(conn.symbols),
         )
         tx.accepted_by = conn.accepted_by

@@ -127,6 +127,7 @@ async def _maintenance(runtime: object, index: int) -> None:
         await asyncio.sleep(MAINTENANCE_SECONDS)
         try:
             await runtime.refresh_lists()
+            await runtime.client_state.refresh()
             runtime.pool.prune()
             if index == 0 and time.monotonic() - last_retention > RETENTION_SECONDS:
                 last_retention = time.monotonic()
@@ -145,6 +146,10 @@ def _retention(runtime: object) -> None:
     )
     expired = runtime.storage.lists.purge_expired()
     rows = runtime.storage.messagelog.purge_older_than(store.log_retention_days)
+    triplets, penalised = runtime.client_state.retention()
+    if triplets or penalised:
+        log.info("retention: removed %d greylist triplet(s), %d penalty box client(s)",
+                 triplets, penalised)
     if removed or expired or rows:
         log.info("retention: removed %d kept message(s), %d list entries, %d log rows",
                  removed, expired, rows)

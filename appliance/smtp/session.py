@@ -29,6 +29,13 @@ log = logging.getLogger("postwall.smtp")
 READ_CHUNK = 262144
 END_OF_DATA = b"\r\n.\r\n"
 ANY_LINE_END_RE = re.compile(rb"\r\n|\r|\n")
+# A dot line next to a bare CR or LF: an end of data for a lax receiver (SMTP smuggling).
+# <CRLF>.<CRLF> itself cannot occur inside the data, and stuffed dots are doubled.
+SMUGGLED_END_RE = re.compile(rb"[\r\n]\.[\r\n]")
+# Unknown commands and syntax errors. Not 503 (bad sequence): a pipelining client sends
+# RCPT and DATA after a refused MAIL or RCPT as RFC 2920 allows, and gets 503 for them.
+PROTOCOL_ERROR_CODES = ("500", "501", "502", "504")
+PREGREET_KEPT = 200  # octets of pre-greeting talk kept for the log
 SOURCE_ROUTE_RE = re.compile(r"^\s*<\s*@")
 
 
@@ -91,6 +98,11 @@ class PostwallSession(Session):
         self.errors = 0
         self.commands = 0
         self.tx_aborted_in_data = False
+        # For the penalty box: unknown commands and syntax errors; a close for
+        # too many errors; messages carrying an SMTP smuggling end-of-data sequence.
+        self.protocol_errors = 0
+        self.closed_for_errors = False
+        self.smuggling = 0
 
 
 class DataError(Exception):
@@ -134,6 +146,11 @@ class PostwallSMTP(SMTP):
         self._session_timer: asyncio.TimerHandle | None = None
         self._counted = False
         self.limit_exceeded: str | None = None
+        # Set while the greeting is held back: what the client sends then is kept aside.
+        self._pregreet: bytearray | None = None
+        self._pregreet_seen: asyncio.Event | None = None
+        self._connect_judged = False  # on_connect has answered (greeting or refusal)
+        self._connected_at = 0.0
 
     def _create_session(self) -> PostwallSession:
         return PostwallSession(self.loop)
@@ -151,6 +168,8 @@ class PostwallSMTP(SMTP):
                 previous.downstream.discard_now()
             self.session.conn = previous.conn
             self.session.errors = previous.errors
+            self.session.protocol_errors = previous.protocol_errors
+            self.session.smuggling = previous.smuggling
             if previous.conn is not None:
                 previous.conn.tls = True
                 previous.conn.helo = None
@@ -161,8 +180,14 @@ class PostwallSMTP(SMTP):
             self._session_timer = self.loop.call_later(
                 self.runtime.config.limits.session_timeout, self._session_expired
             )
+            self._connected_at = self.loop.time()
 
     def connection_lost(self, error: Exception | None) -> None:
+        if not self._connect_judged:
+            # During the connect checks or the greeting delay: nothing to log but this.
+            log.info("peer=%s disconnected before the greeting, after %.1fs",
+                     self.peer_ip_text, self.loop.time() - self._connected_at)
+            self._connect_judged = True
         if self._session_timer is not None:
             self._session_timer.cancel()
             self._session_timer = None
@@ -208,10 +233,19 @@ class PostwallSMTP(SMTP):
     def data_received(self, data: bytes) -> None:
         if self._lingering:
             return
+        if self._pregreet is not None:
+            # Talk before the greeting is never read as commands (postscreen's pregreet).
+            if len(self._pregreet) < PREGREET_KEPT:
+                self._pregreet += data[: PREGREET_KEPT - len(self._pregreet)]
+            if self._pregreet_seen is not None:
+                self._pregreet_seen.set()
+            return
         super().data_received(data)
 
     def eof_received(self) -> bool | None:
-        if self._lingering:
+        if self._lingering or not self._connect_judged:
+            # Lingering after a final reply, or the client left before the greeting (while
+            # the connect checks or the greeting delay ran): nothing more to say or read.
             if self.transport is not None:
                 self.transport.close()
             return False
@@ -228,8 +262,32 @@ class PostwallSMTP(SMTP):
 
         return counted
 
+    async def wait_before_greeting(self, delay: float) -> bytes:
+        """Hold the greeting back for `delay` seconds; return what the client sent
+        before the greeting (b"" for a polite client), as soon as it sends anything.
+        Those octets are taken out of the input, so they are never read as commands."""
+        reader_buffer = self._reader._buffer  # type: ignore[attr-defined]
+        # Talk that arrived while the connect checks ran is already in the reader.
+        early = bytearray(reader_buffer[:PREGREET_KEPT])
+        reader_buffer.clear()
+        if not early:
+            self._pregreet = early
+            self._pregreet_seen = asyncio.Event()
+            try:
+                async with asyncio.timeout(delay):
+                    await self._pregreet_seen.wait()
+            except TimeoutError:
+                pass
+            finally:
+                self._pregreet, self._pregreet_seen = None, None
+        if early:
+            log.info("peer=%s talked before the greeting: %r", self.peer_ip_text,
+                     bytes(early[:80]))
+        return bytes(early)
+
     async def _handle_client(self) -> None:
         refusal = await self.event_handler.on_connect(self)
+        self._connect_judged = True
         if refusal is not None:
             self.close_with(refusal)
             return
@@ -243,10 +301,15 @@ class PostwallSMTP(SMTP):
         if not text.isprintable() and "\r\n" not in text:
             # aiosmtpd echoes unknown commands back: never echo control characters.
             text = "".join(c if c.isprintable() else "?" for c in text)
-        if text[:1] in ("4", "5") and not text.startswith("421"):
+        if text[:3] in PROTOCOL_ERROR_CODES:
+            self.session.protocol_errors += 1
+        # A policy deferral (4.7.x: greylisting, rate limits) is not the client's error:
+        # a mail server greylisted for many recipients must not be disconnected for it.
+        if text[:1] in ("4", "5") and not text.startswith("421") and text[4:8] != "4.7.":
             self.session.errors += 1
             if self.session.errors > self.runtime.config.limits.max_errors:
                 await super().push(text)
+                self.session.closed_for_errors = True
                 self.close_with(replies.TOO_MANY_ERRORS)
                 return
         await super().push(text)
@@ -409,6 +472,8 @@ class PostwallSMTP(SMTP):
         # Counting is far cheaper than a regex scan, and a clean message needs only this.
         crlf = content.count(b"\r\n")
         if content.count(b"\n") != crlf or content.count(b"\r") != crlf:
+            if SMUGGLED_END_RE.search(raw):
+                self.session.smuggling += 1
             if self.runtime.config.smtp.bare_line_ends == "reject":
                 raise DataError(replies.BARE_LINE_END)
             content = ANY_LINE_END_RE.sub(b"\r\n", content)

@@ -16,16 +16,19 @@ from appliance.storage.engine import (
     sqlite_url,
     upgrade,
 )
+from appliance.storage.greylist import GreylistStore
 from appliance.storage.lists import ListStore
 from appliance.storage.mailstore import MailStore
 from appliance.storage.messagelog import MessageLog
+from appliance.storage.penalty import PenaltyStore
 
 DB_FILENAME = "postwall.db"
 MAIL_DIRNAME = "mail"
 
 
 class Storage:
-    """All persistent state of one appliance: lists, message log and kept mail.
+    """All persistent state of one appliance: lists, message log, kept mail, greylist
+    and penalty box.
 
     One instance per process (each worker process opens its own)."""
 
@@ -35,6 +38,8 @@ class Storage:
         self.db = Database(engine)
         self.lists = ListStore(self.db)
         self.messagelog = MessageLog(self.db)
+        self.greylist = GreylistStore(self.db)
+        self.penalty = PenaltyStore(self.db)
         self.mail = MailStore(data_dir / MAIL_DIRNAME)
 
     @classmethod

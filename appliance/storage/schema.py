@@ -105,3 +105,43 @@ message_symbols = Table(
     Column("reason", Text, nullable=False),
     Index("ix_message_symbols_name", "name"),
 )
+
+# Greylisting: one row per (client network, sender, recipient) triplet. `passed_at` is
+# set when the triplet was retried after the delay; pending rows are "currently delayed".
+greylist = Table(
+    "greylist",
+    metadata,
+    Column("client_net", String(64), primary_key=True),
+    Column("sender", String(512), primary_key=True),
+    Column("recipient", String(512), primary_key=True),
+    Column("first_seen", UTCDateTime, nullable=False),
+    Column("last_seen", UTCDateTime, nullable=False),
+    Column("passed_at", UTCDateTime, nullable=True),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Index("ix_greylist_last_seen", "last_seen"),
+    Index("ix_greylist_passed_at_first_seen", "passed_at", "first_seen"),
+)
+
+# Client networks that retried greylisted mail: after enough passes they skip it.
+greylist_clients = Table(
+    "greylist_clients",
+    metadata,
+    Column("client_net", String(64), primary_key=True),
+    Column("passes", Integer, nullable=False, server_default="0"),
+    Column("first_seen", UTCDateTime, nullable=False),
+    Column("last_seen", UTCDateTime, nullable=False),
+    Index("ix_greylist_clients_last_seen", "last_seen"),
+)
+
+# Penalty box: `score` is the client's score at `updated_at`; it decays from there.
+penalty_box = Table(
+    "penalty_box",
+    metadata,
+    Column("client", String(64), primary_key=True),
+    Column("score", Float, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("first_seen", UTCDateTime, nullable=False),
+    Column("events", Integer, nullable=False, server_default="0"),
+    Column("last_reason", String(200), nullable=False, server_default=""),
+    Index("ix_penalty_box_updated_at", "updated_at"),
+)
