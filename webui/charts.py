@@ -38,6 +38,7 @@ class Chart:
     width: int
     height: int
     plot_height: int
+    head_room: int
     bars: list[Bar]
     peak: int
     ticks: list[tuple[float, int]]  # (y, value) for the grid lines
@@ -61,8 +62,9 @@ def stacked(
     width: int = 720,
     height: int = 180,
     label_room: int = 18,
+    head_room: int = 8,
 ) -> Chart:
-    plot_height = height - label_room
+    plot_height = height - label_room - head_room
     totals: dict[str, int] = {}
     peak = 0
     for start in starts:
@@ -90,7 +92,7 @@ def stacked(
         bars.append(bar)
     ticks = [(round(plot_height - plot_height * v / scale_top, 2), v)
              for v in _tick_values(scale_top)]
-    return Chart(width, height, plot_height, bars, peak, ticks, totals)
+    return Chart(width, height, plot_height, head_room, bars, peak, ticks, totals)
 
 
 def _nice_ceiling(value: int) -> int:
@@ -105,4 +107,10 @@ def _nice_ceiling(value: int) -> int:
 
 
 def _tick_values(top: int) -> list[int]:
-    return [top * i // 4 for i in range(1, 5)] if top >= 4 else [top]
+    """Grid lines at round values: at most five, each a multiple of one step."""
+    magnitude = 1
+    while True:
+        for step in (magnitude, 2 * magnitude, 5 * magnitude):
+            if top % step == 0 and top // step <= 5:
+                return list(range(step, top + 1, step))
+        magnitude *= 10

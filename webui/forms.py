@@ -27,10 +27,7 @@ from wtforms.validators import (
     ValidationError,
 )
 
-from appliance.storage.lists import LIST_NAMES
 from appliance.storage.users import ROLES
-
-LIST_CHOICES = [(name, name) for name in LIST_NAMES]
 
 
 class LoginForm(FlaskForm):
@@ -46,7 +43,9 @@ class PasswordForm(FlaskForm):
 
 
 class ListAddForm(FlaskForm):
-    value = StringField("Value", validators=[DataRequired(), Length(max=1000)])
+    value = StringField("Value", validators=[DataRequired(), Length(max=1000)],
+                        description="An address, @domain, *.wildcard or /regex/; "
+                                    "a network (CIDR) for the IP lists.")
     comment = StringField("Comment", validators=[Optional(), Length(max=500)])
     days = IntegerField(
         "Expires after (days)", validators=[Optional(), NumberRange(1, 36500)],
@@ -95,19 +94,17 @@ class QuarantineActionForm(FlaskForm):
 
 
 class QuarantineListForm(QuarantineActionForm):
-    list_name = SelectField("List", choices=[
-        (n, n) for n in ("whitelist", "blacklist", "redlist", "noprocessing")
-    ])
-    what = SelectField("Entry", choices=[("sender", "the sender"), ("domain", "the domain")])
+    list_name = SelectField("List", choices=["whitelist", "blacklist", "redlist", "noprocessing"])
+    what = SelectField("Entry", choices=["sender", "domain"])
 
 
 class UserAddForm(FlaskForm):
     username = StringField("User name", validators=[DataRequired(), Length(max=64)])
-    role = SelectField("Role", choices=[(r, r) for r in ROLES], default="operator")
+    role = SelectField("Role", choices=list(ROLES), default="operator")
 
 
 class UserRoleForm(FlaskForm):
-    role = SelectField("Role", choices=[(r, r) for r in ROLES])
+    role = SelectField("Role", choices=list(ROLES))
 
 
 class ConfirmForm(FlaskForm):

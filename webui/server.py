@@ -60,6 +60,7 @@ def serve(config_path: Path | None) -> int:
         format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     server = build_server(config_path)
 
     def stop(signum: int, frame: FrameType | None) -> None:

@@ -324,7 +324,10 @@ class AttachmentSettings(FilterSettings):
     @field_validator("bad_attach_l1", "bad_attach_l2", "bad_attach_l3")
     @classmethod
     def _compiles(cls, value: str) -> str:
-        re.compile(value)
+        try:
+            re.compile(value)
+        except re.error as exc:  # a ValueError, so that it names the key like any other
+            raise ValueError(f"invalid regular expression {value!r}: {exc}") from exc
         return value
 
 

@@ -18,6 +18,7 @@ from webui.state import state
 bp = Blueprint("lists", __name__)
 
 PAGE_SIZE = 50
+IMPORT_PREFIX = "import"  # its fields must not share ids with the add form
 MAX_IMPORT_LINES = 100_000
 DESCRIPTIONS = {
     "whitelist": "Senders never scored (a virus is still refused).",
@@ -65,7 +66,7 @@ def render_list(name: str, *, add_form: ListAddForm | None = None,
         search=search or "",
         from_config=config_entries(ui.loaded.config).get(name, []),
         add_form=add_form or ListAddForm(formdata=None),
-        import_form=import_form or ListImportForm(formdata=None),
+        import_form=import_form or ListImportForm(formdata=None, prefix=IMPORT_PREFIX),
         import_errors=import_errors or [],
         remove_form=ListRemoveForm(formdata=None),
         now=datetime.now(UTC),
@@ -167,11 +168,11 @@ def parse_import(name: str, text: str) -> tuple[list[tuple[str, str]], list[str]
 @access.operator
 def import_entries(name: str) -> Response | tuple[str, int]:
     _list_or_404(name)
-    form = ListImportForm()
+    form = ListImportForm(prefix=IMPORT_PREFIX)
     if not form.validate_on_submit():
         return render_list(name, import_form=form, code=400)
     text = form.text.data or ""
-    upload = request.files.get("file")
+    upload = request.files.get(form.file.name)
     if upload is not None and upload.filename:
         try:
             text = upload.read().decode("utf-8")
