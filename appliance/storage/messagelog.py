@@ -109,7 +109,9 @@ class _TimeBucket(FunctionElement[datetime]):
     """The start of the hour/day containing a timestamp column (UTC)."""
 
     type = UTCDateTime()
-    inherit_cache = True
+    # The unit is part of the SQL text, not a bound parameter, and SQLAlchemy's statement
+    # cache key would not include it: an hour bucket's SQL was reused for a day bucket.
+    inherit_cache = False
 
     def __init__(self, unit: str, column: ColumnElement[datetime]) -> None:
         if unit not in BUCKETS:
