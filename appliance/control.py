@@ -69,12 +69,18 @@ def supervisor_pid(data_dir: Path) -> int | None:
 _fingerprints: dict[int, tuple[Config, str]] = {}
 
 
+# Settings the proxy does not use: a change there does not make a worker out of date.
+NOT_FINGERPRINTED = frozenset({"webui"})
+
+
 def config_fingerprint(config: Config) -> str:
-    """A short digest of the effective configuration: equal digests, equal settings."""
+    """A short digest of the proxy's effective configuration: equal digests, equal
+    settings (the web UI's own section left out)."""
     known = _fingerprints.get(id(config))
     if known is not None and known[0] is config:
         return known[1]
-    digest = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
+    dump = config.model_dump_json(exclude=set(NOT_FINGERPRINTED))
+    digest = hashlib.sha256(dump.encode()).hexdigest()[:16]
     _fingerprints.clear()  # one live configuration per process; keep no history
     _fingerprints[id(config)] = (config, digest)
     return digest

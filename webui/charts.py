@@ -59,7 +59,7 @@ def stacked(
     starts: list[datetime],
     *,
     label_format: str,
-    width: int = 720,
+    width: int = 1120,
     height: int = 180,
     label_room: int = 18,
     head_room: int = 8,

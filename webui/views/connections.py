@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from flask import Blueprint, render_template
 
 from appliance.control import SessionInfo, WorkerStatus
@@ -20,7 +22,8 @@ def _live() -> tuple[list[WorkerStatus], list[SessionInfo]]:
 @access.operator
 def index() -> str:
     workers, sessions = _live()
-    return render_template("connections.html", workers=workers, sessions=sessions)
+    return render_template("connections.html", workers=workers, sessions=sessions,
+                           now=time.time())
 
 
 @bp.get("/connections/table")
@@ -28,4 +31,5 @@ def index() -> str:
 def table() -> str:
     """The table alone, for the page's periodic refresh (static/app.js)."""
     workers, sessions = _live()
-    return render_template("connections_table.html", workers=workers, sessions=sessions)
+    return render_template("connections_table.html", workers=workers, sessions=sessions,
+                           now=time.time())
