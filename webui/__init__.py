@@ -105,7 +105,10 @@ def _register_template_helpers(app: Flask) -> None:
     from webui import formatting
 
     app.jinja_env.filters.update(formatting.FILTERS)
+    from webui.state import state
+
     app.jinja_env.globals.update(
         current_user=access.current_user,
         action_class=formatting.action_class,
+        config_error=lambda: state().load_error,
     )

@@ -38,6 +38,9 @@ class UIState:
     _loaded: LoadedConfig
     _stamps: tuple[object, ...]
     _lock: threading.Lock
+    # Why the files on disk could not be loaded (someone broke the base file by hand);
+    # the last valid configuration stays in use meanwhile.
+    load_error: str | None = None
 
     @classmethod
     def open(cls, base_path: Path | None, storage: Storage | None = None) -> UIState:
@@ -56,8 +59,15 @@ class UIState:
         """The effective configuration; re-read when a file changed (e.g. another admin
         applied a change, or the playbook rewrote the base file)."""
         with self._lock:
-            if self._stamps_of(self.base_path, self._loaded) != self._stamps:
-                loaded = loader.load(self.base_path)
+            stamps = self._stamps_of(self.base_path, self._loaded)
+            if stamps != self._stamps:
+                try:
+                    loaded = loader.load(self.base_path)
+                except loader.ConfigError as exc:
+                    self.load_error = str(exc)
+                    self._stamps = stamps  # try again when the files change once more
+                    return self._loaded
+                self.load_error = None
                 self._loaded = loaded
                 self._stamps = self._stamps_of(self.base_path, loaded)
             return self._loaded

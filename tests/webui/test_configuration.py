@@ -199,3 +199,18 @@ def test_plan_change_maps_errors_to_fields() -> None:
                           fields)
     assert set(plan.errors) == {"filters.regex.bomb_re"}
     assert plan.config is None
+
+
+def test_a_broken_base_file_keeps_the_last_valid_configuration(appliance: Appliance,
+                                                               admin: UIClient) -> None:
+    good = appliance.config_path.read_text()
+    appliance.config_path.write_text(good + "limits: {max_recipients: lots}\n")
+    response = admin.get("/config/limits")
+    page = html.unescape(response.get_data(as_text=True))
+    assert response.status_code == 200
+    assert "The configuration files are invalid" in page
+    assert "limits.max_recipients: Input should be a valid integer" in page
+    assert 'name="limits.max_recipients" value="100"' in page  # the last valid value
+    appliance.config_path.write_text(good)
+    assert "The configuration files are invalid" not in admin.get("/config/limits").get_data(
+        as_text=True)
