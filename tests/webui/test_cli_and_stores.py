@@ -144,3 +144,16 @@ def test_web_ui_tables_render_for_postgresql() -> None:
     for table in ("webui_users", "login_failures", "audit_log", "quarantine_releases"):
         assert f"CREATE TABLE {table}" in sql
     assert "BOOLEAN NOT NULL" in sql and "SERIAL" in sql
+
+
+def test_the_postwall_command_loads_no_web_ui_or_database_code() -> None:
+    # `postwall serve`'s supervisor stays small: registering the webui commands must not
+    # import Flask, the schema or the database layer.
+    import subprocess
+    import sys
+
+    code = ("import sys, appliance.cli; print(sorted(m for m in ('flask', 'flask_wtf', "
+            "'sqlalchemy', 'pydantic', 'argon2') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]"
