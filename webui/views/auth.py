@@ -16,6 +16,7 @@ from webui.state import state
 bp = Blueprint("auth", __name__)
 
 IP_WINDOW = timedelta(minutes=15)
+FAILURE_MEMORY = timedelta(days=1)
 LOGIN_FAILED = (
     "Wrong user name or password, or the account is locked: {failures} wrong passwords in "
     "a row lock it for {minutes} minutes."
@@ -47,6 +48,7 @@ def login() -> str | Response | tuple[str, int]:
     good = verify_password(user.password_hash if user else None, password)
     if user is None or not good or user.is_locked():
         users.note_failed_login(ip, username)
+        users.purge_failed_logins(utcnow() - FAILURE_MEMORY)  # keeps the table small
         if user is not None and not user.is_locked():
             updated = users.record_failure(
                 username, max_failures=settings.login_max_failures,
