@@ -390,6 +390,26 @@ def penalty_clear(config_path: Path, clients: tuple[str, ...], everything: bool)
         storage.close()
     if missing:
         sys.exit(1)
+@main.command()
+@config_option
+def status(config_path: Path) -> None:
+    """Check the proxy, Postfix, clamd, DNS and the disk; exit 1 if anything failed."""
+    from appliance.status import State, overall, run_checks
+
+    loaded = load_or_exit(config_path)
+    results = run_checks(loaded.config)
+    for result in results:
+        click.echo(f"{result.state.value:8} {result.label:24} {result.summary}")
+    sys.exit(1 if overall(results) is State.FAIL else 0)
+
+
+def _add_webui_commands() -> None:
+    from webui.cli import webui  # the web UI's commands live with the web UI
+
+    main.add_command(webui)
+
+
+_add_webui_commands()
 
 
 if __name__ == "__main__":

@@ -115,9 +115,20 @@ def load(base_path: Path | None, overrides_path: Path | None = None) -> LoadedCo
     return LoadedConfig(config, base_path, overrides_path, provenance)
 
 
-def write_overrides(path: Path, overrides: Mapping[str, Any]) -> None:
-    """Write the overrides file atomically (temporary file, fsync, rename), mode 0640."""
-    validate(overrides, str(path))  # a partial document must still be well-typed on its own
+def write_overrides(
+    path: Path, overrides: Mapping[str, Any], *, base: Mapping[str, Any] | None = None
+) -> None:
+    """Write the overrides file atomically (temporary file, fsync, rename), mode 0640.
+
+    With `base` (the base file's document) the merged result is validated, as `load` will
+    see it; without, the overrides alone must be valid (cross-field rules such as the
+    threshold order then see schema defaults in place of the base file's values)."""
+    if "data_dir" in overrides:
+        raise ConfigError(f"{path}: data_dir can only be set in the base file")
+    if base is None:
+        validate(overrides, str(path))  # a partial document must still be well-typed
+    else:
+        validate(deep_merge(base, overrides), f"base + {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(dict(overrides), sort_keys=True, default_flow_style=False)
     fd, tmp = tempfile.mkstemp(prefix=".overrides-", dir=path.parent)

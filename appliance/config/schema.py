@@ -355,7 +355,10 @@ class AttachmentSettings(FilterSettings):
     @field_validator("bad_attach_l1", "bad_attach_l2", "bad_attach_l3")
     @classmethod
     def _compiles(cls, value: str) -> str:
-        re.compile(value)
+        try:
+            re.compile(value)
+        except re.error as exc:  # a ValueError, so that it names the key like any other
+            raise ValueError(f"invalid regular expression {value!r}: {exc}") from exc
         return value
 
 
@@ -1169,6 +1172,56 @@ class DNSSettings(Section):
         return value
 
 
+class WebUISettings(Section):
+    """`postwall webui serve`: the administration UI (HTTPS only). Read when the UI starts,
+    so changes here take effect at its restart; they can only be made in the base file."""
+
+    listen: str = Field(
+        "127.0.0.1:8443",
+        description="ADDRESS:PORT of the web UI's HTTPS listener. Loopback by default: "
+        "open it (e.g. 0.0.0.0:8443) only towards the administrators' network.",
+    )
+    cert_file: Path | None = Field(
+        None, description="PEM certificate chain for HTTPS (the webui role generates a "
+        "self-signed one unless you give your own). The UI refuses to start without one."
+    )
+    key_file: Path | None = Field(None, description="PEM private key of cert_file (mode 0600).")
+    threads: int = Field(8, ge=1, le=64, description="Requests served at the same time.")
+    session_idle_minutes: int = Field(
+        30, ge=1, le=1440, description="A session without a request for this long ends."
+    )
+    session_max_hours: int = Field(
+        12, ge=1, le=168, description="Every session ends this long after its login."
+    )
+    login_max_failures: int = Field(
+        5, ge=1, le=100,
+        description="Wrong passwords in a row that lock an account (for login_lockout_minutes).",
+    )
+    login_lockout_minutes: int = Field(
+        15, ge=1, le=1440, description="How long a locked account stays locked."
+    )
+    login_failures_per_ip: int = Field(
+        20, ge=1, le=10000,
+        description="Failed logins from one client address within 15 minutes after which "
+        "that address may not try again until older failures age out (guessing many names).",
+    )
+    password_min_length: int = Field(
+        12, ge=8, le=128, description="Shortest password a user may choose."
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _hostport(cls, value: str) -> str:
+        parse_hostport(value)
+        return value
+
+    @model_validator(mode="after")
+    def _both_or_none(self) -> WebUISettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("webui.cert_file and webui.key_file must be set together")
+        return self
+
+
 class Config(Section):
     listen: ListenSettings = Field(default_factory=ListenSettings)
     relay_networks: list[str] = Field(
@@ -1195,6 +1248,7 @@ class Config(Section):
     store: StoreSettings = Field(default_factory=StoreSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+    webui: WebUISettings = Field(default_factory=WebUISettings)
 
     @field_validator("relay_networks")
     @classmethod

@@ -91,6 +91,13 @@ async def serve_worker(
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, runtime.reload)
     maintenance = asyncio.create_task(_maintenance(runtime, index))
+    from appliance.control import ControlServer
+
+    control = ControlServer(runtime, index)  # live sessions and reloads for the web UI
+    try:
+        await control.start()
+    except OSError as exc:
+        log.error("control socket %s unavailable: %s", control.path, exc)
     if index == 0 and config.metrics.listen:
         from appliance import metrics
 
@@ -110,6 +117,7 @@ async def serve_worker(
 
     for session in list(runtime.sessions):
         session.close_with(replies.SHUTTING_DOWN)
+    await control.close()
     maintenance.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await maintenance

@@ -78,6 +78,8 @@ class Supervisor:
         if metrics_dir.exists():
             shutil.rmtree(metrics_dir)
         metrics_dir.mkdir(parents=True, mode=0o700)
+        # Control sockets of an earlier run (maybe with more workers) would look alive.
+        shutil.rmtree(run_dir / "control", ignore_errors=True)
         self.counts_path = run_dir / "connections"
         create_counts_file(self.counts_path, self.count)
         self.env = {**os.environ, MULTIPROC_ENV: str(metrics_dir), **WORKER_MALLOC_ENV}

@@ -8,6 +8,7 @@ from typing import Self
 
 from sqlalchemy import Engine
 
+from appliance.storage.audit import AuditLog
 from appliance.storage.engine import (
     DEFAULT_BUSY_TIMEOUT_MS,
     Database,
@@ -21,6 +22,8 @@ from appliance.storage.lists import ListStore
 from appliance.storage.mailstore import MailStore
 from appliance.storage.messagelog import MessageLog
 from appliance.storage.penalty import PenaltyStore
+from appliance.storage.releases import ReleaseStore
+from appliance.storage.users import UserStore
 
 DB_FILENAME = "postwall.db"
 MAIL_DIRNAME = "mail"
@@ -41,6 +44,10 @@ class Storage:
         self.greylist = GreylistStore(self.db)
         self.penalty = PenaltyStore(self.db)
         self.mail = MailStore(data_dir / MAIL_DIRNAME)
+        # The web UI's state: accounts, the audit log, quarantine releases.
+        self.users = UserStore(self.db)
+        self.audit = AuditLog(self.db)
+        self.releases = ReleaseStore(self.db)
 
     @classmethod
     def open(

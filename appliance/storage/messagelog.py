@@ -109,7 +109,9 @@ class _TimeBucket(FunctionElement[datetime]):
     """The start of the hour/day containing a timestamp column (UTC)."""
 
     type = UTCDateTime()
-    inherit_cache = True
+    # The unit is part of the SQL text, not a bound parameter, and SQLAlchemy's statement
+    # cache key would not include it: an hour bucket's SQL was reused for a day bucket.
+    inherit_cache = False
 
     def __init__(self, unit: str, column: ColumnElement[datetime]) -> None:
         if unit not in BUCKETS:
@@ -271,6 +273,33 @@ class MessageLog:
             for start, action, n in conn.execute(query):
                 result.setdefault(start, {})[action] = int(n)
         return result
+
+    def top_symbols(
+        self,
+        since: datetime,
+        *,
+        actions: Sequence[str] | None = None,
+        limit: int = 10,
+        until: datetime | None = None,
+    ) -> list[tuple[str, int, float]]:
+        """The symbols with a positive score seen most often in [since, until), as
+        (name, messages, total score), most frequent first; `actions` limits it to
+        messages that ended so (e.g. the blocking ones)."""
+        m, s = message_log, message_symbols
+        filters = self._filters(None, None, None, None, None, since, until)
+        if actions:
+            filters.append(m.c.action.in_([_action_text(a) for a in actions]))
+        messages = func.count(func.distinct(s.c.message_id)).label("messages")
+        query = (
+            select(s.c.name, messages, func.sum(s.c.score))
+            .join(m, m.c.id == s.c.message_id)
+            .where(s.c.score > 0, *filters)
+            .group_by(s.c.name)
+            .order_by(messages.desc(), s.c.name)
+            .limit(limit)
+        )
+        with self._db.read() as conn:
+            return [(name, int(n), float(total)) for name, n, total in conn.execute(query)]
 
     @staticmethod
     def _filters(

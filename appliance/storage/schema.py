@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Float,
     ForeignKey,
@@ -144,4 +145,58 @@ penalty_box = Table(
     Column("events", Integer, nullable=False, server_default="0"),
     Column("last_reason", String(200), nullable=False, server_default=""),
     Index("ix_penalty_box_updated_at", "updated_at"),
+)
+
+# -- the web UI (migration 0005) -------------------------------------------------------
+
+webui_users = Table(
+    "webui_users",
+    metadata,
+    Column("username", String(64), primary_key=True),
+    Column("password_hash", Text, nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("must_change_password", Boolean, nullable=False),
+    Column("failed_logins", Integer, nullable=False, server_default="0"),
+    Column("locked_until", UTCDateTime, nullable=True),
+    # Bumped on a password, role or lock change: every older session cookie stops working.
+    Column("session_version", Integer, nullable=False, server_default="0"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("last_login_at", UTCDateTime, nullable=True),
+)
+
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("time", UTCDateTime, nullable=False),
+    Column("client_ip", String(45), nullable=False),
+    Column("username", String(64), nullable=False),
+    Index("ix_login_failures_client_ip_time", "client_ip", "time"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("time", UTCDateTime, nullable=False),
+    Column("username", String(64), nullable=False),
+    Column("client_ip", String(45), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", Text, nullable=False),
+    Column("old_value", Text, nullable=True),
+    Column("new_value", Text, nullable=True),
+    Index("ix_audit_log_time", "time"),
+)
+
+quarantine_releases = Table(
+    "quarantine_releases",
+    metadata,
+    Column("txid", String(64), primary_key=True),
+    Column("folder", String(32), nullable=False),
+    Column("released_at", UTCDateTime, nullable=False),
+    Column("released_by", String(64), nullable=False),
+    # "sending" until Postfix answered; a crash in between leaves it claimed (at most once).
+    Column("state", String(16), nullable=False),
+    Column("reply", Text, nullable=False, server_default=""),
 )

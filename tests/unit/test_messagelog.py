@@ -203,6 +203,17 @@ def test_counts_by_action_in_hour_and_day_buckets(storage: Storage) -> None:
         storage.messagelog.counts_by_action(day, "week")
 
 
+def test_hour_and_day_buckets_of_the_same_query_differ(storage: Storage) -> None:
+    # Regression: the statement cache reused the first bucket unit's SQL for the other.
+    day = datetime(2030, 3, 14, tzinfo=UTC)
+    storage.messagelog.record_many([entry("a", time=day + timedelta(hours=10))])
+    since = day - timedelta(days=1)
+    assert storage.messagelog.counts_by_action(since, "hour") == {
+        day + timedelta(hours=10): {"deliver": 1}
+    }
+    assert storage.messagelog.counts_by_action(since, "day") == {day: {"deliver": 1}}
+
+
 def test_purge_older_than(storage: Storage) -> None:
     log = storage.messagelog
     log.record_many(

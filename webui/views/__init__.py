@@ -1,0 +1,23 @@
+"""The blueprints, one per concern."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+
+def register_blueprints(app: Flask) -> None:
+    from webui.views import (
+        analyzer,
+        auth,
+        configuration,
+        connections,
+        dashboard,
+        lists,
+        messages,
+        quarantine,
+        users,
+    )
+
+    for module in (auth, dashboard, configuration, lists, messages, quarantine, analyzer,
+                   connections, users):
+        app.register_blueprint(module.bp)

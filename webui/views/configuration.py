@@ -1,0 +1,197 @@
+"""The configuration: every setting of the schema by section, with its help text, where
+its value comes from, inline errors, reset to the base file, and apply = write the
+overrides file atomically, then reload the proxy without dropping connections."""
+
+from __future__ import annotations
+
+import fcntl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response
+
+from appliance.config import loader
+from appliance.config.schema import Config
+from appliance.control import ControlError, config_fingerprint
+from appliance.runtime import Runtime
+from webui import access
+from webui import settings_form as sf
+from webui.state import WEBUI_DIRNAME, state
+
+bp = Blueprint("configuration", __name__)
+
+RELOAD_WAIT_SECONDS = 15.0
+_thread_lock = threading.Lock()
+
+
+@contextmanager
+def overrides_lock() -> Iterator[None]:
+    """One change at a time, across threads and processes: read, plan, write."""
+    path = state().data_dir / WEBUI_DIRNAME / "config.lock"
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with _thread_lock, open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def documents() -> tuple[dict[str, Any], dict[str, Any]]:
+    ui = state()
+    base = loader.read_yaml(ui.base_path) if ui.base_path else {}
+    path = ui.overrides_path
+    overrides = loader.read_yaml(path) if path.exists() else {}
+    return base, overrides
+
+
+@bp.get("/config")
+@access.operator
+def index() -> Response:
+    return redirect(url_for("configuration.show", key=sf.GENERAL))
+
+
+@bp.get("/config/<key>")
+@access.operator
+def show(key: str) -> str:
+    return render_section(key)
+
+
+def render_section(
+    key: str, *, errors: dict[str, str] | None = None, raw: dict[str, str] | None = None,
+    submitted: dict[str, Any] | None = None, code: int = 200,
+) -> Any:
+    spec = sf.section(key)
+    if spec is None:
+        abort(404)
+    ui = state()
+    loaded = ui.loaded
+    base, _ = documents()
+    current = loaded.config.model_dump(mode="json")
+    try:
+        without = Config.model_validate(base).model_dump(mode="json")
+    except Exception:  # the base file alone may be invalid; the merged one is not
+        without = current
+    rows = []
+    for f in spec.fields:
+        value = (submitted or {}).get(f.path, sf.get_path(current, f.path, None))
+        rows.append({
+            "spec": f,
+            "value": sf.display_value(f, value),
+            "raw": (raw or {}).get(f.path),
+            "error": (errors or {}).get(f.path),
+            "source": sf.source_of(loaded.provenance, f.path),
+            "base_value": sf.show(sf.get_path(without, f.path, None)),
+        })
+    user = access.current_user()
+    return render_template(
+        "configuration.html",
+        sections=sf.sections(),
+        section=spec,
+        rows=rows,
+        section_error=(errors or {}).get(""),
+        editable=bool(user and user.is_admin) and not spec.readonly,
+        base_path=ui.base_path,
+        overrides_path=ui.overrides_path,
+    ), code
+
+
+@bp.post("/config/<key>")
+@access.admin
+def save(key: str) -> Any:
+    spec = sf.section(key)
+    if spec is None or spec.readonly:
+        abort(404)
+    with overrides_lock():
+        base, overrides = documents()
+        current = sf.effective_document(base, overrides)
+        parsed = sf.parse_section(spec, request.form, current)
+        if parsed.errors:
+            return render_section(key, errors=parsed.errors, raw=parsed.raw,
+                                  submitted=parsed.values, code=400)
+        plan = sf.plan_change(base, overrides, parsed.values, list(spec.fields))
+        if not plan.errors and plan.config is not None:
+            problem = pipeline_problem(plan.config)
+            if problem:
+                plan.errors[""] = problem
+        if plan.errors:
+            return render_section(key, errors=plan.errors, raw=parsed.raw,
+                                  submitted=parsed.values, code=400)
+        if not plan.changes:
+            flash("Nothing changed.", "info")
+            return redirect(url_for("configuration.show", key=key))
+        write(plan.overrides, base)
+    for path, old, new in plan.changes:
+        access.audit("config.set", path, sf.show(old), sf.show(new))
+    assert plan.config is not None
+    names = ", ".join(path for path, _, _ in plan.changes)
+    apply_and_report(plan.config, f"Saved {names}.")
+    return redirect(url_for("configuration.show", key=key))
+
+
+@bp.post("/config/reset")
+@access.admin
+def reset() -> Any:
+    path = request.form.get("path", "")
+    key = request.form.get("section", sf.GENERAL)
+    fields = {f.path: f for s in sf.sections() for f in s.fields}
+    if path not in fields or fields[path].readonly:
+        abort(404)
+    with overrides_lock():
+        base, overrides = documents()
+        plan = sf.plan_reset(base, overrides, path)
+        if not plan.errors and plan.config is not None:
+            problem = pipeline_problem(plan.config)
+            if problem:
+                plan.errors[path] = problem
+        if plan.errors:
+            return render_section(key, errors=plan.errors, code=400)
+        write(plan.overrides, base)
+    for changed, old, new in plan.changes:
+        access.audit("config.reset", changed, sf.show(old), sf.show(new))
+    if not plan.changes:  # the override equalled the base value: only the source changed
+        access.audit("config.reset", path)
+    assert plan.config is not None
+    apply_and_report(plan.config, f"{path} is back to the base file's value.")
+    return redirect(url_for("configuration.show", key=key))
+
+
+def pipeline_problem(config: Config) -> str | None:
+    """What the proxy's preflight would refuse: every filter is built from `config`."""
+    ui = state()
+    loaded = loader.LoadedConfig(config, ui.base_path, ui.overrides_path, {})
+    try:
+        Runtime(loaded, None, record=False)
+    except (ValueError, loader.ConfigError) as exc:
+        return f"the proxy could not use this configuration: {exc}"
+    return None
+
+
+def write(overrides: dict[str, Any], base: dict[str, Any]) -> None:
+    ui = state()
+    path: Path = ui.overrides_path
+    loader.write_overrides(path, overrides, base=base)
+    ui.forget()
+
+
+def apply_and_report(config: Config, saved: str) -> None:
+    """Reload the proxy and say what happened: applied, or why not (yet)."""
+    control = state().control()
+    try:
+        control.reload()
+    except ControlError as exc:
+        flash(f"{saved} The proxy was not reloaded ({exc}); it uses the saved configuration "
+              "when it starts.", "warning")
+        return
+    workers = control.wait_for_config(config_fingerprint(config), RELOAD_WAIT_SECONDS)
+    behind = [w for w in workers if w.config != config_fingerprint(config)]
+    if not workers or behind:
+        flash(f"{saved} The proxy has not picked it up after {RELOAD_WAIT_SECONDS:g} s: look at "
+              "its log (the reload may have been refused).", "warning")
+        return
+    flash(f"{saved} Applied: {len(workers)} worker(s) reloaded without dropping connections.",
+          "success")
