@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING
 from appliance.lists import IPIndex, ListIndex
 
 if TYPE_CHECKING:
+    from appliance.classifier.table import TokenTable
     from appliance.config.schema import Config
+    from appliance.personal import PersonalBlacklists
 
 log = logging.getLogger("postwall.services")
 
@@ -135,6 +137,10 @@ class Services:
     """Shared, already-built helpers the filters use; cheap to read, free of I/O."""
 
     lists: ListRegistry = field(default_factory=ListRegistry)
+    # The classifier's token table and the users' personal blacklists (None without a
+    # database, e.g. in check-config).
+    bayes: TokenTable | None = None
+    personal: PersonalBlacklists | None = None
 
     @classmethod
     def from_config(

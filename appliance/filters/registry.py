@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 from appliance.filters.address_lists import AddressListFilter, RecipientListFilter
 from appliance.filters.attachments import AttachmentFilter
 from appliance.filters.base import Filter, error_symbol_name
+from appliance.filters.bayes import BayesFilter
 from appliance.filters.ip_lists import IPListFilter
+from appliance.filters.personal_blacklist import PersonalBlacklistFilter
 from appliance.filters.regex import RegexFilter
 from appliance.filters.size import SizeFilter
 from appliance.verdict import Mode, Symbol, SymbolSpec
@@ -27,9 +29,11 @@ FILTER_CLASSES: tuple[type[Filter], ...] = (
     IPListFilter,
     AddressListFilter,
     RecipientListFilter,
+    PersonalBlacklistFilter,
     SizeFilter,
     AttachmentFilter,
     RegexFilter,
+    BayesFilter,
 )
 
 # Symbols that mark mail as red: it never feeds the autowhitelist or the corpora.

@@ -8,6 +8,7 @@ from typing import Self
 
 from sqlalchemy import Engine
 
+from appliance.storage.corpus import CorpusStore
 from appliance.storage.engine import (
     DEFAULT_BUSY_TIMEOUT_MS,
     Database,
@@ -16,12 +17,16 @@ from appliance.storage.engine import (
     sqlite_url,
     upgrade,
 )
+from appliance.storage.links import UsedLinkStore
 from appliance.storage.lists import ListStore
 from appliance.storage.mailstore import MailStore
 from appliance.storage.messagelog import MessageLog
+from appliance.storage.personal import PersonalBlacklistStore
+from appliance.storage.training import TrainingStore
 
 DB_FILENAME = "postwall.db"
 MAIL_DIRNAME = "mail"
+CORPUS_DIRNAME = "corpus"
 
 
 class Storage:
@@ -36,6 +41,12 @@ class Storage:
         self.lists = ListStore(self.db)
         self.messagelog = MessageLog(self.db)
         self.mail = MailStore(data_dir / MAIL_DIRNAME)
+        # The learning loop: token counts + ledger, the corpus copies, personal
+        # blacklists and the block-report links already used.
+        self.training = TrainingStore(self.db)
+        self.corpus = CorpusStore(data_dir / CORPUS_DIRNAME)
+        self.personal = PersonalBlacklistStore(self.db)
+        self.links = UsedLinkStore(self.db)
 
     @classmethod
     def open(

@@ -105,3 +105,6 @@ message_symbols = Table(
     Column("reason", Text, nullable=False),
     Index("ix_message_symbols_name", "name"),
 )
+
+# Tables of the classifier and the mail command interface (declared on `metadata`).
+import appliance.storage.schema_learning  # noqa: E402,F401

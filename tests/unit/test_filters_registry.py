@@ -66,7 +66,8 @@ def test_build_filters_skips_off_and_keeps_order() -> None:
     config.filters.regex.mode = Mode.OFF
     config.filters.address_lists.mode = Mode.OFF
     filters = build_filters(config, Services.from_config(config))
-    assert [f.name for f in filters] == ["ip_lists", "size", "attachments"]
+    assert [f.name for f in filters] == [
+        "ip_lists", "personal_blacklist", "size", "attachments", "bayes"]
     assert all(f.services.lists is not None for f in filters)
 
 
