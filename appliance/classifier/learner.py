@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Literal
 from appliance import mime
 from appliance.classifier.digest import message_digest, training_copy
 from appliance.classifier.tokenizer import DEFAULT_SETTINGS, TokenizerSettings, tokenize
-from appliance.storage.training import LedgerConflict, LedgerEntry, validate_label
+from appliance.storage.training import LearnItem, LedgerEntry, validate_label
 from appliance.storage.writer import BackgroundWriter
 
 if TYPE_CHECKING:
@@ -64,6 +64,23 @@ class LearnResult:
 
 
 @dataclass(frozen=True, slots=True)
+class LearnJob:
+    content: bytes
+    label: str
+    source: str
+    who: str = ""
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    job: LearnJob
+    copy: bytes
+    digest: str
+    subject: str
+
+
+@dataclass(frozen=True, slots=True)
 class RebuildReport:
     messages: int
     spam: int
@@ -92,36 +109,70 @@ class Learner:
     def learn(
         self, content: bytes, label: str, *, source: str, who: str = "", weight: int = 1
     ) -> LearnResult:
-        validate_label(label)
-        if len(content) > self.max_bytes:
-            return LearnResult("refused", label, detail=f"larger than {self.max_bytes} bytes")
-        if not content.strip():
-            return LearnResult("refused", label, detail="empty message")
-        copy = training_copy(content)
-        digest = message_digest(copy, self.settings.subject_prefix)
-        subject = mime.decoded_header(mime.parse_headers(copy), "Subject")
+        return self.learn_many([LearnJob(content, label, source, who, weight)])[0]
+
+    def learn_many(self, jobs: Sequence[LearnJob]) -> list[LearnResult]:
+        """Learn messages in one database transaction (their corpus copies are written
+        first); a message the ledger already has with the same label is left alone."""
+        results: list[LearnResult | None] = [None] * len(jobs)
+        pending: dict[int, _Prepared] = {}
+        for index, job in enumerate(jobs):
+            validate_label(job.label)
+            if len(job.content) > self.max_bytes:
+                results[index] = LearnResult("refused", job.label,
+                                             detail=f"larger than {self.max_bytes} bytes")
+            elif not job.content.strip():
+                results[index] = LearnResult("refused", job.label, detail="empty message")
+            else:
+                copy = training_copy(job.content)
+                pending[index] = _Prepared(
+                    job, copy, message_digest(copy, self.settings.subject_prefix),
+                    mime.decoded_header(mime.parse_headers(copy), "Subject"),
+                )
         store, corpus = self.storage.training, self.storage.corpus
         for _attempt in range(3):
-            previous = store.get(digest)
-            if previous is not None and previous.label == label:
-                return LearnResult("already", label, digest, subject)
-            previous_tokens = None
-            if previous is not None:
-                old = corpus.read(digest)
-                previous_tokens = self.tokens(old) if old is not None else None
-            tokens = tokenize(mime.parse(copy), self.settings)
-            corpus.keep(digest, copy)
-            entry = LedgerEntry(digest, label, source, weight, who, subject, datetime.now(UTC))
-            try:
-                store.learn(entry, tokens, previous=previous, previous_tokens=previous_tokens)
-            except LedgerConflict:
-                continue  # another process learned it meanwhile: look again
-            if previous is not None:
-                log.info("corrected %s to %s (was %s, source %s, by %s)", digest[:12], label,
-                         previous.label, source, who or "-")
-                return LearnResult("corrected", label, digest, subject, previous.label)
-            return LearnResult("learned", label, digest, subject)
-        return LearnResult("refused", label, digest, subject, "ledger kept changing")
+            if not pending:
+                break
+            items: list[tuple[int, LearnItem]] = []
+            for index, prepared in pending.items():
+                job = prepared.job
+                previous = store.get(prepared.digest)
+                if previous is not None and previous.label == job.label:
+                    results[index] = LearnResult("already", job.label, prepared.digest,
+                                                 prepared.subject)
+                    continue
+                previous_tokens = None
+                if previous is not None:
+                    old = corpus.read(prepared.digest)
+                    previous_tokens = self.tokens(old) if old is not None else None
+                tokens = tokenize(mime.parse(prepared.copy), self.settings)
+                corpus.keep(prepared.digest, prepared.copy, durable=len(pending) == 1)
+                entry = LedgerEntry(prepared.digest, job.label, job.source, job.weight,
+                                    job.who, prepared.subject, datetime.now(UTC))
+                items.append((index, LearnItem(entry, tokens, previous, previous_tokens)))
+            if len(items) > 1:
+                corpus.sync()
+            done = store.learn_batch([item for _, item in items]) if items else []
+            for (index, item), ok in zip(items, done, strict=True):
+                if not ok:
+                    continue  # the ledger changed meanwhile: look again
+                prepared = pending[index]
+                previous = item.previous
+                if previous is not None:
+                    log.info("corrected %s to %s (was %s, source %s, by %s)",
+                             prepared.digest[:12], item.entry.label, previous.label,
+                             item.entry.source, item.entry.who or "-")
+                    results[index] = LearnResult("corrected", item.entry.label,
+                                                 prepared.digest, prepared.subject,
+                                                 previous.label)
+                else:
+                    results[index] = LearnResult("learned", item.entry.label, prepared.digest,
+                                                 prepared.subject)
+            pending = {i: p for i, p in pending.items() if results[i] is None}
+        for index, prepared in pending.items():
+            results[index] = LearnResult("refused", prepared.job.label, prepared.digest,
+                                         prepared.subject, "ledger kept changing")
+        return [result for result in results if result is not None]
 
     def forget(self, digest: str) -> bool:
         """Unlearn one message (an operator's undo) and drop its corpus copy."""
@@ -215,13 +266,6 @@ def _all_entries(store: TrainingStore, label: str) -> list[LedgerEntry]:
             return out
 
 
-@dataclass(frozen=True, slots=True)
-class LearnJob:
-    content: bytes
-    label: str
-    source: str
-    who: str
-    weight: int
 
 
 class BackgroundLearner(BackgroundWriter[LearnJob]):
@@ -232,12 +276,10 @@ class BackgroundLearner(BackgroundWriter[LearnJob]):
     def __init__(self, learner: Learner, *, max_queue: int = 200) -> None:
         self.learner = learner
         super().__init__(self._learn_batch, name="classifier-learner", describe=_describe,
-                         max_queue=max_queue, batch_size=20, flush_interval=0.5)
+                         max_queue=max_queue, batch_size=50, flush_interval=0.5)
 
     def _learn_batch(self, jobs: Iterable[LearnJob]) -> None:
-        for job in jobs:
-            self.learner.learn(job.content, job.label, source=job.source, who=job.who,
-                               weight=job.weight)
+        self.learner.learn_many(list(jobs))
 
 
 def _describe(job: LearnJob) -> str:

@@ -127,6 +127,9 @@ async def _maintenance(runtime: object, index: int) -> None:
         await asyncio.sleep(MAINTENANCE_SECONDS)
         try:
             await runtime.refresh_lists()
+            await runtime.learning.refresh()
+            if index == 0:
+                await runtime.learning.periodic(runtime.loaded.base_path)
             runtime.pool.prune()
             if index == 0 and time.monotonic() - last_retention > RETENTION_SECONDS:
                 last_retention = time.monotonic()

@@ -40,7 +40,10 @@ class CorpusStore:
     def path(self, digest: str) -> Path:
         return self.root / f"{validate_digest(digest)}{SUFFIX}"
 
-    def keep(self, digest: str, content: bytes) -> Path:
+    def keep(self, digest: str, content: bytes, *, durable: bool = True) -> Path:
+        """Write the copy; `durable=False` skips the fsync of the file (a batch calls
+        `sync` once at the end instead; a copy lost in a power cut only means the ledger
+        entry is dropped at the next rebuild)."""
         final = self.path(digest)
         tmp = self.root / f".tmp-{digest}-{secrets.token_hex(4)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
@@ -50,7 +53,8 @@ class CorpusStore:
                 view = memoryview(content)
                 while view:
                     view = view[os.write(fd, view):]
-                os.fsync(fd)
+                if durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, final)
@@ -59,6 +63,14 @@ class CorpusStore:
                 os.unlink(tmp)
             raise
         return final
+
+    def sync(self) -> None:
+        """Make the renames of a batch durable."""
+        fd = os.open(self.root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def read(self, digest: str) -> bytes | None:
         try:

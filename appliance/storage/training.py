@@ -48,6 +48,14 @@ class LedgerEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class LearnItem:
+    entry: LedgerEntry
+    tokens: Sequence[str]
+    previous: LedgerEntry | None = None  # the ledger row the caller saw (a correction)
+    previous_tokens: Sequence[str] | None = None  # what `previous` added (default: tokens)
+
+
+@dataclass(frozen=True, slots=True)
 class Totals:
     spam: int  # weighted messages learned as spam
     ham: int
@@ -138,22 +146,59 @@ class TrainingStore:
         is taken off its label first, from `previous_tokens` (default: `tokens`).
         Raises `LedgerConflict` if the ledger changed meanwhile (another process learned
         the same message), so the caller can look again."""
-        validate_entry(entry)
+        item = LearnItem(entry, tokens, previous, previous_tokens)
+        if not self.learn_batch([item])[0]:
+            raise LedgerConflict(f"ledger entry {entry.digest} changed meanwhile")
+
+    def learn_batch(self, items: Sequence[LearnItem]) -> list[bool]:
+        """Learn several messages in one transaction, their token changes merged (many
+        messages share most tokens). Returns, per item, False where the ledger changed
+        since the caller read `previous` (that item is skipped; look again)."""
+        for item in items:
+            validate_entry(item.entry)
         t = training_ledger
+        done: list[bool] = []
+        deltas: dict[str, list[int]] = {}
+        totals = {"spam": 0, "ham": 0}
+
+        def add(tokens: Sequence[str], label: str, weight: int) -> None:
+            column = 0 if label == "spam" else 1
+            for token in tokens:
+                pair = deltas.get(token)
+                if pair is None:
+                    pair = deltas[token] = [0, 0]
+                pair[column] += weight
+            totals[label] += weight
+
         with self._db.write() as conn:
-            current = conn.execute(select(t).where(t.c.digest == entry.digest)).first()
-            found = _entry(current._mapping) if current is not None else None
-            if found != previous:
-                raise LedgerConflict(f"ledger entry {entry.digest} changed meanwhile")
-            seq = self._bump(conn, "bayes_seq")
-            if previous is not None:
-                old_tokens = tokens if previous_tokens is None else previous_tokens
-                self._add_counts(conn, old_tokens, previous.label, -previous.weight, seq)
-                self._add_total(conn, previous.label, -previous.weight)
-                conn.execute(delete(t).where(t.c.digest == entry.digest))
-            self._add_counts(conn, tokens, entry.label, entry.weight, seq)
-            self._add_total(conn, entry.label, entry.weight)
-            conn.execute(t.insert().values(**_row(entry)))
+            digests = [item.entry.digest for item in items]
+            current: dict[str, LedgerEntry] = {}
+            for start in range(0, len(digests), _CHUNK):
+                for row in conn.execute(
+                    select(t).where(t.c.digest.in_(digests[start : start + _CHUNK]))
+                ):
+                    current[row.digest] = _entry(row._mapping)
+            seen: set[str] = set()
+            for item in items:
+                entry, previous = item.entry, item.previous
+                if current.get(entry.digest) != previous or entry.digest in seen:
+                    done.append(False)
+                    continue
+                seen.add(entry.digest)
+                done.append(True)
+                if previous is not None:
+                    old = item.tokens if item.previous_tokens is None else item.previous_tokens
+                    add(list(dict.fromkeys(old)), previous.label, -previous.weight)
+                    conn.execute(delete(t).where(t.c.digest == entry.digest))
+                add(list(dict.fromkeys(item.tokens)), entry.label, entry.weight)
+                conn.execute(t.insert().values(**_row(entry)))
+            if any(done):
+                seq = self._bump(conn, "bayes_seq")
+                self._apply_deltas(conn, deltas, seq)
+                for label, weight in totals.items():
+                    if weight:
+                        self._add_total(conn, label, weight)
+        return done
 
     def forget(self, entry: LedgerEntry, tokens: Sequence[str]) -> bool:
         """Unlearn a ledger entry (retention, or an operator's undo); False if gone."""
@@ -165,7 +210,7 @@ class TrainingStore:
             if not removed:
                 return False
             seq = self._bump(conn, "bayes_seq")
-            self._add_counts(conn, tokens, entry.label, -entry.weight, seq)
+            self._apply_deltas(conn, _deltas(tokens, entry.label, -entry.weight), seq)
             self._add_total(conn, entry.label, -entry.weight)
         return True
 
@@ -186,7 +231,7 @@ class TrainingStore:
         rebuild re-applies what was learned while it counted."""
         with self._db.write() as conn:
             seq = self._bump(conn, "bayes_seq")
-            self._add_counts(conn, tokens, label, weight, seq)
+            self._apply_deltas(conn, _deltas(tokens, label, weight), seq)
             self._add_total(conn, label, weight)
 
     def replace_counts(self, counts: Mapping[str, tuple[int, int]], spam: int, ham: int) -> int:
@@ -205,31 +250,33 @@ class TrainingStore:
             self._set(conn, "bayes_ham", ham)
             return self._bump(conn, "bayes_generation")
 
-    def _add_counts(
-        self, conn: Connection, tokens: Sequence[str], label: str, weight: int, seq: int
-    ) -> None:
-        if not tokens or not weight:
-            return
-        column = validate_label(label)
-        other = "ham" if column == "spam" else "spam"
+    def _apply_deltas(self, conn: Connection, deltas: Mapping[str, list[int]], seq: int) -> None:
+        """Add (spam, ham) deltas to tokens: increases as one upsert, decreases (never
+        below zero) as updates."""
         t = bayes_tokens
-        unique = list(dict.fromkeys(tokens))
-        if weight > 0:
+        rows = [{"token": tok, "spam": max(s, 0), "ham": max(h, 0), "seq": seq}
+                for tok, (s, h) in deltas.items() if s > 0 or h > 0]
+        if rows:
             stmt = _insert_for(conn.dialect.name)(t)
             stmt = stmt.on_conflict_do_update(
                 index_elements=[t.c.token],
-                set_={column: t.c[column] + stmt.excluded[column], "seq": stmt.excluded.seq},
+                set_={"spam": t.c.spam + stmt.excluded.spam, "ham": t.c.ham + stmt.excluded.ham,
+                      "seq": stmt.excluded.seq},
             )
-            rows = [{"token": tok, column: weight, other: 0, "seq": seq} for tok in unique]
             for start in range(0, len(rows), _CHUNK):
                 conn.execute(stmt, rows[start : start + _CHUNK])
-        else:
-            for start in range(0, len(unique), _CHUNK):
-                conn.execute(
-                    update(t)
-                    .where(t.c.token.in_(unique[start : start + _CHUNK]))
-                    .values({column: _not_negative(t.c[column] + weight), "seq": seq})
-                )
+        for column, index in (("spam", 0), ("ham", 1)):
+            by_amount: dict[int, list[str]] = {}
+            for tok, pair in deltas.items():
+                if pair[index] < 0:
+                    by_amount.setdefault(pair[index], []).append(tok)
+            for amount, tokens in by_amount.items():
+                for start in range(0, len(tokens), _CHUNK):
+                    conn.execute(
+                        update(t)
+                        .where(t.c.token.in_(tokens[start : start + _CHUNK]))
+                        .values({column: _not_negative(t.c[column] + amount), "seq": seq})
+                    )
 
     def _add_total(self, conn: Connection, label: str, weight: int) -> None:
         name = f"bayes_{validate_label(label)}"
@@ -315,6 +362,15 @@ class TrainingStore:
     def token_count(self) -> int:
         with self._db.read() as conn:
             return int(conn.execute(select(func.count()).select_from(bayes_tokens)).scalar_one())
+
+
+def _deltas(tokens: Sequence[str], label: str, weight: int) -> dict[str, list[int]]:
+    index = 0 if validate_label(label) == "spam" else 1
+    deltas: dict[str, list[int]] = {}
+    for token in dict.fromkeys(tokens):
+        pair = deltas[token] = [0, 0]
+        pair[index] = weight
+    return deltas
 
 
 def _row(entry: LedgerEntry) -> dict[str, Any]:
