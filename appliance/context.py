@@ -79,6 +79,8 @@ class TransactionContext:
     filter_errors: int = 0
     # Recipients refused at RCPT (by us or by Postfix) with the reply they got.
     rejected_recipients: list[tuple[str, str]] = field(default_factory=list)
+    # Command addresses (spam@, help@, ...) accepted at RCPT: the mail is consumed.
+    command_rcpts: list[str] = field(default_factory=list)
 
     @property
     def size(self) -> int:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from appliance import metrics, mime
+from appliance.commands.interface import CommandInterface
 from appliance.config import loader
 from appliance.config.loader import LoadedConfig
 from appliance.context import ConnectionContext, IPAddress, TransactionContext
@@ -55,6 +56,7 @@ class Runtime:
             MessageLogWriter(storage.messagelog) if storage is not None and record else None
         )
         self.learning = LearningLoop(storage)  # classifier table, personal lists, learning
+        self.commands = CommandInterface(self)  # spam@, help@, ... at the report domain
         self.apply(loaded)
         self.pool = DownstreamPool(self.config.downstream, self.config.smtp.hostname)
 

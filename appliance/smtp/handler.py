@@ -168,6 +168,13 @@ class Handler:
         elif not address.isascii() and "SMTPUTF8" not in tx.mail_options:
             refusal = replies.NEEDS_SMTPUTF8
         else:
+            command_reply = runtime.commands.rcpt(tx, address)
+            if command_reply is not None:  # a command address, or a mix with commands
+                if command_reply.is_success:
+                    envelope.rcpt_tos.append(address)
+                else:
+                    tx.rejected_recipients.append((address, str(command_reply)))
+                return str(command_reply)
             refusal = self._relay_check(tx, address)
         if refusal is not None:
             tx.rejected_recipients.append((address, str(refusal)))
@@ -246,6 +253,11 @@ class Handler:
         session.downstream = None
         runtime = self.runtime
         tx.content = envelope.content  # type: ignore[assignment]
+        if tx.command_rcpts:  # consumed by the appliance, never relayed
+            reply = await runtime.commands.data(tx)
+            tx.rcpt_tos = list(tx.command_rcpts)
+            runtime.log_transaction(tx, Action.DELIVER, 0.0, reply, None, "command")
+            return str(reply)
         try:
             reply, outcome, downstream_reply, kept = await self._judge_and_relay(tx, downstream)
         except BaseException:
