@@ -181,11 +181,14 @@ class Handler:
             return str(refusal)
         tx.current_rcpt = RecipientContext(address, tuple(rcpt_options))
         saved_final, saved_accept = tx.final, tx.accepted_by
+        saved_symbols = len(tx.symbols)
         result = await runtime.pipeline.run(Stage.RCPT, tx)
         tx.current_rcpt = None
         if result.final is not None:
-            # A refused recipient must not doom the others in the same transaction.
+            # A refused recipient must not doom the others in the same transaction:
+            # neither its final nor its findings (e.g. its personal blacklist) remain.
             tx.final, tx.accepted_by = saved_final, saved_accept
+            del tx.symbols[saved_symbols:]
             reply = _reply_for_final(result.final, replies.LOCAL_ERROR)
             tx.rejected_recipients.append((address, str(reply)))
             return str(reply)
