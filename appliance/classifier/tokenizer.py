@@ -50,15 +50,21 @@ _URL_RE = re.compile(
     r"(?:https?://|www\.)([a-z0-9][a-z0-9.-]{0,250}[a-z0-9])(?::\d+)?([/?#][^\s\"'<>()]*)?",
     re.IGNORECASE,
 )
-_EMAIL_RE = re.compile(r"[\w.+-]{1,64}@([a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63})+)", re.IGNORECASE)
+# Only the domain matters; anchoring on "@" keeps the scan linear.
+_EMAIL_RE = re.compile(r"(?<=[\w.+-])@([a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63})+)", re.IGNORECASE)
 _ADDR_RE = re.compile(r"<?([^\s<>@\"]+@[^\s<>@\"]+?)>?\s*$")
 _RECEIVED_HOST_RE = re.compile(r"\b((?:[a-z0-9-]{1,63}\.)+[a-z]{2,24})\b", re.IGNORECASE)
 _PATH_WORD_RE = re.compile(r"[a-z]{3,20}", re.IGNORECASE)
 _DIGITS_RE = re.compile(r"\d+")
+_DATE_ALPHA_RE = re.compile(r"[A-Za-z]+")
+_DATE_SHAPE_RE = re.compile(r"\d")
 _OWN_HEADERS = ("x-spam-", "x-postwall-")
 # Headers whose presence says nothing about this message but about the corpus it came
 # from (mbox envelopes, local delivery), or that we add ourselves.
 _IGNORED_HEADER_NAMES = frozenset({"received", "delivered-to", "x-spam-status"})
+_WANTED_HEADERS = frozenset({
+    "subject", "from", "reply-to", "message-id", "date", "x-mailer", "user-agent", "to", "cc",
+})
 _SECOND_LEVEL = frozenset({"co", "com", "net", "org", "ac", "gov", "edu", "ne", "or"})
 
 
@@ -140,9 +146,13 @@ def _header_tokens(msg: Message, out: _Collector, settings: TokenizerSettings) -
     except Exception:
         return
     names: set[str] = set()
+    relay_domains: set[str] = set()
+    wanted: dict[str, list[str]] = {}
     received = 0
     for key, raw in items:
         name = str(key).lower()
+        if name in _WANTED_HEADERS:
+            wanted.setdefault(name, []).append(raw if isinstance(raw, str) else str(raw))
         if name.startswith(_OWN_HEADERS):
             continue
         if name not in _IGNORED_HEADER_NAMES:
@@ -151,10 +161,15 @@ def _header_tokens(msg: Message, out: _Collector, settings: TokenizerSettings) -
             received += 1
             value = raw if isinstance(raw, str) else str(raw)
             hosts = {registered_domain(h) for h in _RECEIVED_HOST_RE.findall(value[:500])}
+            relay_domains.update(hosts)
             out.extend("rh:", sorted(hosts))
     out.extend("h:", sorted(names))
 
-    subject = mime.decoded_header(msg, "Subject")
+    def first(name: str) -> str:
+        values = wanted.get(name)
+        return mime.decode_header_value(values[0]) if values else ""
+
+    subject = first("subject")
     prefix = settings.subject_prefix
     if prefix and subject.startswith(prefix):
         subject = subject[len(prefix):].lstrip()
@@ -166,7 +181,7 @@ def _header_tokens(msg: Message, out: _Collector, settings: TokenizerSettings) -
     elif subject.isupper() and len(subject) > 8:
         out.add("s:(all caps)")
 
-    sender = mime.decoded_header(msg, "From")
+    sender = first("from")
     address = _address(sender)
     if address:
         domain = address.rpartition("@")[2]
@@ -177,23 +192,33 @@ def _header_tokens(msg: Message, out: _Collector, settings: TokenizerSettings) -
     else:
         out.add("f:(none)")
         domain = ""
-    reply_to = _address(mime.decoded_header(msg, "Reply-To"))
+    reply_to = _address(first("reply-to"))
     if reply_to:
         reply_domain = reply_to.rpartition("@")[2]
         out.add(f"rd:{reply_domain}")
         if reply_domain != domain:
             out.add("rt:differs")
-    message_id = mime.decoded_header(msg, "Message-ID")
+    message_id = first("message-id")
     if message_id:
-        out.add("mi:" + registered_domain(message_id.rpartition("@")[2].strip("<> ")))
+        mid_domain = registered_domain(message_id.rpartition("@")[2].strip("<> "))
+        out.add("mi:" + mid_domain)
+        if domain:
+            out.add("m:mid " + ("same" if mid_domain == registered_domain(domain) else "other"))
     else:
         out.add("mi:(none)")
-    mailer = mime.decoded_header(msg, "X-Mailer") or mime.decoded_header(msg, "User-Agent")
+    if domain:
+        out.add("m:from in received " + ("yes" if registered_domain(domain) in relay_domains
+                                          else "no"))
+    date = first("date")
+    if not date:
+        out.add("m:date (none)")
+    else:
+        out.add("m:date " + _DATE_SHAPE_RE.sub("9", _DATE_ALPHA_RE.sub("a", date))[:40])
+    mailer = first("x-mailer") or first("user-agent")
     if mailer:
         out.extend("xm:", _DIGITS_RE.sub("#", mailer.lower()).split()[:4])
     recipients = sum(
-        len([a for a in value.split(",") if "@" in a])
-        for value in mime.decoded_headers(msg, "To") + mime.decoded_headers(msg, "Cc")
+        value.count("@") for value in wanted.get("to", []) + wanted.get("cc", [])
     )
     out.add(f"m:rcpts {_bucket(recipients)}")
 
@@ -266,6 +291,11 @@ def _attachment_tokens(
 
 
 def _link_tokens(text: str, out: _Collector) -> None:
+    if "@" in text:
+        for domain in _EMAIL_RE.findall(text[:20000])[:50]:
+            out.add(f"e:{registered_domain(domain)}")
+    if "://" not in text and "www." not in text and "WWW." not in text:
+        return
     urls = _URL_RE.findall(text)
     for host, path in urls[:100]:
         host = host.lower()
@@ -275,8 +305,6 @@ def _link_tokens(text: str, out: _Collector) -> None:
             out.extend("up:", (w.lower() for w in _PATH_WORD_RE.findall(path[:200])[:6]))
     if urls:
         out.add(f"m:urls {_bucket(len(urls))}")
-    for domain in _EMAIL_RE.findall(text[:20000])[:50]:
-        out.add(f"e:{registered_domain(domain)}")
 
 
 def _pair_tokens(words: list[str], out: _Collector, distance: int) -> None:
