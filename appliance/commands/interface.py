@@ -93,6 +93,8 @@ class CommandInterface:
                          f"{config.commands.max_message_size} bytes; nothing was done")
         if runtime.storage is None:
             return Reply(451, "4.3.0", "Commands need the appliance database; try again")
+        if tx.size > 256 * 1024:  # parsing a big mail would stall this worker's sessions
+            await asyncio.to_thread(getattr, tx, "message")
         message = tx.message
         auto = str(message.get("Auto-Submitted", "no")).strip().lower()
         if auto and not auto.startswith("no"):

@@ -16,6 +16,7 @@ from appliance.classifier.model import (
     ModelSettings,
     chi2q,
     classify,
+    log_chi2q,
     combine,
     token_probability,
 )
@@ -121,6 +122,16 @@ def test_chi2q_and_combine() -> None:
     assert combine([0.99] * 20 + [0.01] * 20)[0] == pytest.approx(0.5, abs=0.01)
     assert combine([]) == (0.5, 0.0, 0.0)
     assert 0 <= combine([1e-300] * 400)[0] <= 1  # no underflow
+
+
+def test_saturated_evidence_is_still_ordered() -> None:
+    assert log_chi2q(30.0, 20) == pytest.approx(math.log(chi2q(30.0, 20)))
+    assert chi2q(5000.0, 300) == 0.0 and log_chi2q(5000.0, 300) < -1000  # no underflow
+    more_spam, s1, h1 = combine([0.999] * 80 + [0.001] * 70)
+    more_ham, s2, h2 = combine([0.999] * 70 + [0.001] * 80)
+    assert s1 == h1 == s2 == h2 == 1.0  # both tests saturated ...
+    assert 0.5 < more_spam < 0.6 and 0.4 < more_ham < 0.5  # ... but still ordered
+    assert combine([0.999] * 75 + [0.001] * 75)[0] == pytest.approx(0.5)
 
 
 def test_classify_uses_the_strongest_clues_only() -> None:
