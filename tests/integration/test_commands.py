@@ -291,52 +291,99 @@ QUARANTINE = {
 }
 
 
-def test_blockreport_digest_links_release_once(proxy_factory, recorded):
-    proxy = proxy_factory(QUARANTINE)
-    spam = original().as_bytes().replace(b"\n", b"\r\n")
-    result = send_message(*proxy.inbound, spam, mail_from="spammer@bad.example", rcpt_tos=[USER])
-    assert result.data.code == 250
-    [txid] = wait_until_rows(proxy, "SELECT id FROM message_log WHERE action='quarantine'")
-    recorded.assert_no_messages(within=0.5)  # kept only
+def links_of(text: str) -> dict[tuple[str, str], str]:
+    """(subject, "release" | "release and whitelist the sender") -> token, from a digest."""
+    found: dict[tuple[str, str], str] = {}
+    subject = ""
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("Subject: "):
+            subject = line.removeprefix("Subject: ")
+        elif ": https://" in line:
+            label, url = line.split(": ", 1)
+            found[(subject, label)] = url.split("token=", 1)[1]
+    return found
 
+
+def test_blockreport_digests_and_their_links(proxy_factory, recorded):
+    proxy = proxy_factory(QUARANTINE)
+    for subject in ("cheap watches", "more watches"):
+        content = original(subject).as_bytes().replace(b"\n", b"\r\n")
+        result = send_message(*proxy.inbound, content, mail_from="spammer@bad.example",
+                              rcpt_tos=[USER])
+        assert result.data.code == 250
+    txids = wait_until_rows(proxy, "SELECT id FROM message_log WHERE action='quarantine'",
+                            count=2)
+    recorded.assert_no_messages(within=0.5)  # kept only, nothing delivered
+
+    # On request: a privileged user asks for bob's report.
     content = report("blockreport", body=f"{USER}\n", sender=ADMIN)
     assert command(proxy, "blockreport", content, sender=ADMIN).data.code == 250
     [digest] = recorded.wait_for_match(header="Subject", value="blocked message(s) for")
     assert list(digest.rcpt_tos) == [USER]
-    text = answer_text(digest)
-    assert "cheap watches" in text and "spammer@bad.example" in text
-    release_link = next(line.split(": ", 1)[1] for line in text.splitlines()
-                        if line.strip().startswith("release: "))
-    assert release_link.startswith("https://postwall.example.com:8443/blockreport/link?token=")
-    token = release_link.split("token=", 1)[1]
-    answer_to(recorded, ADMIN, "blockreport")
+    assert "2 blocked message(s) listed" in answer_text(answer_to(recorded, ADMIN, "blockreport"))
+    tokens = links_of(answer_text(digest))
+    assert set(tokens) == {(s, label) for s in ("cheap watches", "more watches")
+                           for label in ("release", "release and whitelist the sender")}
 
-    # The web UI answers the link by calling the appliance function.
-    from appliance import links, quarantine
+    from appliance import blockreports, links, quarantine
     from appliance.config.loader import load
     from appliance.storage.facade import Storage
 
     config = load(Path(proxy.config_path)).config
-    recorded.clear()
     with Storage.open(proxy.data_dir) as storage:
-        released = quarantine.use_link(storage, config, token)
-        assert released.txid == txid and released.recipient == USER
-        [message] = recorded.wait_for_match(header="X-Postwall-Released")
-        assert list(message.rcpt_tos) == [USER] and message.mail_from == "spammer@bad.example"
-        assert message.header("Subject") == "cheap watches"
-        ledger = db_rows(proxy, "SELECT label, source, weight FROM training_ledger")
-        assert ledger == [("ham", "quarantine", 4)]
-        with pytest.raises(links.LinkError, match="already used"):
-            quarantine.use_link(storage, config, token)
-        assert len(recorded.find(header="X-Postwall-Released")) == 1
+        # The scheduled run finds every local user with blocked mail.
+        recorded.clear()
+        assert blockreports.send_digests(storage, config) == 1
+        [scheduled] = recorded.wait_for_match(header="Subject", value="blocked message(s) for")
+        assert "cheap watches" in answer_text(scheduled)
+
+        # An expired link changes nothing, even though it is correctly signed.
+        key = links.load_key(proxy.data_dir)
+        expired = links.sign(key, "release", txids[0], USER, 60, time.time() - 120)
+        with pytest.raises(links.LinkError, match="expired"):
+            quarantine.use_link(storage, config, expired)
+        assert db_rows(proxy, "SELECT * FROM used_links") == []
+
+        # The web UI answers the links by calling the appliance.
+        recorded.clear()
+        first = quarantine.use_link(storage, config, tokens[("cheap watches", "release")])
+        assert first.recipient == USER and first.whitelisted is None
+        [released] = recorded.wait_for_match(header="X-Postwall-Released")
+        assert list(released.rcpt_tos) == [USER] and released.mail_from == "spammer@bad.example"
+        assert released.header("Subject") == "cheap watches"
+        assert db_rows(proxy, "SELECT label, source, weight FROM training_ledger") == [
+            ("ham", "quarantine", 4)]
+        # Replayed, or the other link of the same message: used once, nothing changes.
+        for label in ("release", "release and whitelist the sender"):
+            with pytest.raises(links.LinkError, match="already used"):
+                quarantine.use_link(storage, config, tokens[("cheap watches", label)])
+        assert db_rows(proxy, "SELECT count(*) FROM training_ledger") == [(1,)]
+        assert db_rows(proxy, "SELECT * FROM list_entries WHERE list_name='whitelist'") == []
+
+        second = quarantine.use_link(
+            storage, config, tokens[("more watches", "release and whitelist the sender")])
+        assert second.whitelisted == "spammer@bad.example"
+        assert recorded.wait_for_match(header="Subject", value="more watches")
+        rows = db_rows(proxy, "SELECT value, added_by FROM list_entries "
+                              "WHERE list_name='whitelist'")
+        assert rows == [("spammer@bad.example", USER)]
+        assert len(recorded.find(header="X-Postwall-Released")) == 2
 
 
-def wait_until_rows(proxy, query: str) -> list:
+@pytest.mark.proxy_config({"commands": {"helpdesk": "helpdesk@example.com"}})
+def test_answers_are_copied_to_the_helpdesk(proxy, recorded):
+    assert command(proxy, "help", report("help")).data.code == 250
+    [answer] = recorded.wait_for_match(header="From", value=f"help@{DOMAIN}")
+    assert sorted(answer.rcpt_tos) == ["bob@example.com", "helpdesk@example.com"]
+
+
+def wait_until_rows(proxy, query: str, count: int = 1) -> list:
     found: list = []
 
     def present() -> bool:
         found[:] = [row[0] for row in db_rows(proxy, query)]
-        return bool(found)
+        return len(found) >= count
 
     assert wait_until(present, 10)
     return found

@@ -16,8 +16,8 @@ from appliance.classifier.model import (
     ModelSettings,
     chi2q,
     classify,
-    log_chi2q,
     combine,
+    log_chi2q,
     token_probability,
 )
 from appliance.classifier.table import TokenTable
