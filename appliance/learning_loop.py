@@ -15,9 +15,10 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from appliance.classifier.learner import BackgroundLearner, Learner, LearnJob
 from appliance.classifier.table import TokenTable
@@ -118,26 +119,43 @@ class LearningLoop:
     # -- worker 0: periodic jobs -----------------------------------------------------------
 
     async def periodic(self, config_path: Path | None) -> None:
+        """Worker 0's jobs; each one failing (database busy, Postfix down) is logged and
+        retried later without keeping the others from running."""
         storage, config = self.storage, self.config
         if storage is None or config is None:
             return
         now = time.monotonic()
+        run_dir = storage.data_dir / "run"
         if now - self._last_scan >= config.learning.folder_scan_seconds:
             self._last_scan = now
-            learner = learner_for(storage, config)
-            results = await asyncio.to_thread(learner.scan_error_folders, learn_weights(config))
-            if results:
-                log.info("learned %d message(s) from the error folders", len(results))
-            await asyncio.to_thread(storage.links.purge_expired)
-        run_dir = storage.data_dir / "run"
+            await self._job("error folder scan", self._scan_folders(storage, config))
         if config_path is not None and self._rebuild_due(run_dir, config.learning.rebuild_hours):
-            await self._start_rebuild(config_path, run_dir)
+            await self._job("classifier rebuild", self._start_rebuild(config_path, run_dir))
         if config.block_reports.enabled and _digest_due(run_dir, config.block_reports.hour):
-            from appliance import blockreports
+            _touch(run_dir / DIGEST_STAMP)  # once a day, even if some digests failed
+            await self._job("block reports", self._send_digests(storage, config))
 
-            sent = await asyncio.to_thread(blockreports.send_digests, storage, config)
-            _touch(run_dir / DIGEST_STAMP)
-            log.info("block reports: %d digest(s) sent", sent)
+    @staticmethod
+    async def _job(name: str, job: Coroutine[Any, Any, None]) -> None:
+        try:
+            await job
+        except Exception:
+            log.exception("%s failed; it will be tried again", name)
+
+    @staticmethod
+    async def _scan_folders(storage: Storage, config: Config) -> None:
+        learner = learner_for(storage, config)
+        results = await asyncio.to_thread(learner.scan_error_folders, learn_weights(config))
+        if results:
+            log.info("learned %d message(s) from the error folders", len(results))
+        await asyncio.to_thread(storage.links.purge_expired)
+
+    @staticmethod
+    async def _send_digests(storage: Storage, config: Config) -> None:
+        from appliance import blockreports
+
+        sent = await asyncio.to_thread(blockreports.send_digests, storage, config)
+        log.info("block reports: %d digest(s) sent", sent)
 
     def _rebuild_due(self, run_dir: Path, hours: float) -> bool:
         if self._rebuild is not None and self._rebuild.returncode is None:
