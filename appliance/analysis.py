@@ -28,6 +28,7 @@ class Analysis:
     stopped_at: Stage | None = None
     # What SPF/DKIM/DMARC found, as the Authentication-Results header would say it.
     auth_results: list[str] = field(default_factory=list)
+    bayes: str = ""  # the tokens that decided the Bayesian score, rendered
 
     def render(self) -> str:
         lines = [
@@ -45,6 +46,8 @@ class Analysis:
             lines.append(f"reply: {self.reply}")
         for item in self.auth_results:
             lines.append(f"auth: {item}")
+        if self.bayes:
+            lines.append(self.bayes)
         return "\n".join(lines)
 
 
@@ -108,4 +111,21 @@ async def analyze(
     report.reason = outcome.reason
     reply: Reply | None = outcome.reply
     report.reply = str(reply) if reply is not None else ""
+    report.bayes = explain_bayes(runtime, tx)
     return report
+
+
+def explain_bayes(runtime: Runtime, tx: TransactionContext) -> str:
+    """The tokens behind the BAYES_* symbol, when the classifier has a table."""
+    from appliance.classifier.explain import explain
+    from appliance.filters.bayes import model_settings, tokenizer_settings
+
+    table = runtime.services.bayes
+    if table is None or tx.content is None:
+        return ""
+    config = runtime.config
+    store = runtime.storage.training if runtime.storage is not None else None
+    return explain(
+        tx.message, table, tokenizer_settings(config.filters.bayes, config.scoring.subject_prefix),
+        model_settings(config.filters.bayes), store,
+    ).render()

@@ -219,6 +219,97 @@ def lists_remove(config_path: Path, name: str, values: tuple[str, ...]) -> None:
         sys.exit(1)
 
 
+@main.group()
+def learn() -> None:
+    """Teach the statistical classifier, rebuild it, show what it knows.
+
+    Every message is recorded once in the training ledger; learning a message again
+    with the other label corrects it (the old counts are taken off first)."""
+
+
+@learn.command("spam")
+@config_option
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--weight", type=click.IntRange(1, 100), default=1, show_default=True,
+              help="How many times each message counts.")
+def learn_spam(config_path: Path, files: tuple[Path, ...], weight: int) -> None:
+    """Learn FILES (one message each) as spam."""
+    _learn_files(config_path, files, "spam", weight)
+
+
+@learn.command("ham")
+@config_option
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--weight", type=click.IntRange(1, 100), default=1, show_default=True,
+              help="How many times each message counts.")
+def learn_ham(config_path: Path, files: tuple[Path, ...], weight: int) -> None:
+    """Learn FILES (one message each) as ham (not spam)."""
+    _learn_files(config_path, files, "ham", weight)
+
+
+def _learn_files(config_path: Path, files: tuple[Path, ...], label: str, weight: int) -> None:
+    from appliance.classifier.learner import LearnJob
+    from appliance.learning_loop import learner_for
+
+    loaded = load_or_exit(config_path)
+    storage = open_storage_or_exit(config_path)
+    who = os.environ.get("SUDO_USER") or "cli"
+    refused = 0
+    try:
+        learner = learner_for(storage, loaded.config)
+        for start in range(0, len(files), 50):  # one transaction per 50 files
+            chunk = files[start : start + 50]
+            jobs = [LearnJob(path.read_bytes(), label, "cli", who, weight) for path in chunk]
+            for path, result in zip(chunk, learner.learn_many(jobs), strict=True):
+                click.echo(f"{path}: {result.describe()}")
+                refused += result.status == "refused"
+    finally:
+        storage.close()
+    if refused:
+        sys.exit(1)
+
+
+@learn.command("rebuild")
+@config_option
+def learn_rebuild(config_path: Path) -> None:
+    """Apply the corpus retention and recount every token from the corpus."""
+    from appliance.learning_loop import learner_for
+
+    loaded = load_or_exit(config_path)
+    storage = open_storage_or_exit(config_path)
+    settings = loaded.config.learning
+    try:
+        report = learner_for(storage, loaded.config).rebuild(
+            max_age_days=settings.corpus_max_age_days, max_per_label=settings.corpus_max_messages
+        )
+    finally:
+        storage.close()
+    click.echo(f"rebuilt from {report.messages} messages ({report.spam} spam / {report.ham} "
+               f"ham, weighted): {report.tokens} tokens; {report.expired} left the corpus, "
+               f"{report.missing} had no copy; {report.seconds:g}s")
+
+
+@learn.command("status")
+@config_option
+def learn_status(config_path: Path) -> None:
+    """What the classifier was trained on."""
+    storage = open_storage_or_exit(config_path)
+    try:
+        training = storage.training
+        totals = training.totals()
+        click.echo(f"messages learned: {training.count('spam')} spam, {training.count('ham')} "
+                   f"ham (weighted {totals.spam} / {totals.ham})")
+        click.echo(f"tokens: {training.token_count()}  generation: {totals.generation}")
+        for entry in training.entries(limit=10):
+            click.echo(f"  {entry.learned_at.isoformat(timespec='seconds')} {entry.label:4} "
+                       f"x{entry.weight} {entry.source:10} {entry.who[:30]:30} "
+                       f"{entry.subject[:50]}")
+    finally:
+        storage.close()
+
+
 def open_storage_if_present(data_dir: Path):  # type: ignore[no-untyped-def]
     from appliance.storage.facade import DB_FILENAME, Storage
 

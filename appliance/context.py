@@ -97,6 +97,8 @@ class TransactionContext:
     rejected_recipients: list[tuple[str, str]] = field(default_factory=list)
     # SPF, DKIM and DMARC results, for DMARC and the Authentication-Results header.
     auth: AuthResults = field(default_factory=AuthResults)
+    # Command addresses (spam@, help@, ...) accepted at RCPT: the mail is consumed.
+    command_rcpts: list[str] = field(default_factory=list)
 
     @property
     def size(self) -> int:

@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING
 
 from appliance import metrics, mime
 from appliance.client_state import ClientState
+from appliance.commands.interface import CommandInterface
 from appliance.config import loader
 from appliance.config.loader import LoadedConfig
 from appliance.context import ConnectionContext, IPAddress, TransactionContext
 from appliance.dns import Resolver
 from appliance.filters.clamav import is_virus
 from appliance.filters.registry import build_filters, declared_symbols, is_red
+from appliance.learning_loop import LearningLoop
 from appliance.pipeline import Pipeline
 from appliance.services import ListRegistry, Services
 from appliance.smtp import replies
@@ -65,6 +67,8 @@ class Runtime:
         self.resolver = Resolver(loaded.config.dns)
         # Penalty box, greylist cache and rate windows: they outlive reloads too.
         self.client_state = ClientState(loaded.config, storage, record=record)
+        self.learning = LearningLoop(storage)  # classifier table, personal lists, learning
+        self.commands = CommandInterface(self)  # spam@, help@, ... at the report domain
         self.apply(loaded)
         self.pool = DownstreamPool(self.config.downstream, self.config.smtp.hostname)
 
@@ -99,6 +103,7 @@ class Runtime:
         self._local_exact = exact
         self._local_suffixes = suffixes
         self._relay_nets = relay_nets
+        self.learning.configure(config, services)
         if hasattr(self, "pool"):
             # Idle connections may lead to an old downstream: new transactions reconnect.
             self.pool.drop_idle()
@@ -234,11 +239,15 @@ class Runtime:
         return paths[0] if paths else None
 
     def learn_outgoing(self, tx: TransactionContext) -> None:
-        """Recipients of outgoing mail become trusted senders, unless the sender is red."""
+        """Recipients of outgoing mail become trusted senders and the message is learned
+        as ham, unless the sender is red."""
         settings = self.config.autowhitelist
-        if self.storage is None or not settings.enabled or not tx.rcpt_tos:
+        if self.storage is None or not tx.rcpt_tos:
             return
         if self.lists.redlist.match(tx.mail_from) or is_red(tx.symbols):
+            return
+        self.learning.learn_outgoing(tx)
+        if not settings.enabled:
             return
         expires = datetime.now(UTC) + timedelta(days=settings.days)
         recipients = [r.lower() for r in tx.rcpt_tos]
@@ -317,6 +326,7 @@ class Runtime:
     async def close(self) -> None:
         await self.pool.close()
         await asyncio.to_thread(self.client_state.close)
+        await self.learning.close()
         if self.log_writer is not None:
             await asyncio.to_thread(self.log_writer.close)
 

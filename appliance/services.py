@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING
 from appliance.lists import IPIndex, ListIndex
 
 if TYPE_CHECKING:
+    from appliance.classifier.table import TokenTable
     from appliance.client_state import ClientState
     from appliance.config.schema import Config
     from appliance.dns import Resolver
+    from appliance.personal import PersonalBlacklists
     from appliance.storage.facade import Storage
 
 log = logging.getLogger("postwall.services")
@@ -149,6 +151,10 @@ class Services:
     # The worker's penalty box, greylist cache and shared rate windows (None in unit
     # tests that do not need them: those checks then find nothing).
     clients: ClientState | None = None
+    # The classifier's token table and the users' personal blacklists (None without a
+    # database, e.g. in check-config).
+    bayes: TokenTable | None = None
+    personal: PersonalBlacklists | None = None
 
     @classmethod
     def from_config(

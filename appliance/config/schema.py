@@ -1083,6 +1083,118 @@ class URIBLSettings(DNSListSettings):
         return self
 
 
+class BayesSettings(FilterSettings):
+    min_spam: int = Field(
+        50, ge=1, description="Weighted spam messages learned before BAYES_* symbols other "
+        "than BAYES_UNSURE are given (too little training guesses)."
+    )
+    min_ham: int = Field(50, ge=1, description="Weighted ham messages learned, likewise.")
+    min_clues: int = Field(
+        5, ge=1, description="Known tokens a message needs; fewer gives BAYES_UNSURE."
+    )
+    max_clues: int = Field(
+        150, ge=5, le=1000, description="Strongest tokens combined (Robinson/Fisher)."
+    )
+    strength: float = Field(
+        0.16, gt=0, le=10, description="Robinson's s: how strongly a rarely seen token is "
+        "pulled towards 0.5."
+    )
+    min_strength: float = Field(
+        0.346, ge=0, lt=0.5, description="Tokens nearer than this to 0.5 are no clues."
+    )
+    pair_distance: int = Field(
+        1, ge=0, le=3, description="Body word pairs up to this far apart are tokens too "
+        "(the Markov/OSB part); 0 uses single words only."
+    )
+    max_text_chars: int = Field(
+        60000, ge=1000, description="Decoded body text tokenized per message."
+    )
+
+
+class LearningSettings(Section):
+    learn_outgoing: bool = Field(
+        True, description="Mail sent through the relay listener is learned as ham "
+        "(unless redlisted)."
+    )
+    outgoing_max_bytes: int = Field(
+        262144, ge=1024, description="Larger outgoing messages are not learned (they cost "
+        "time and teach little)."
+    )
+    queue_size: int = Field(
+        200, ge=1, description="Outgoing messages waiting to be learned per worker; more are "
+        "dropped and counted."
+    )
+    false_negative_weight: int = Field(
+        2, ge=1, le=100, description="Weight of spam@ reports and errors/spam (spam that got "
+        "through)."
+    )
+    false_positive_weight: int = Field(
+        4, ge=1, le=100, description="Weight of notspam@ reports, errors/notspam and released "
+        "quarantine (ham that was blocked)."
+    )
+    max_message_bytes: int = Field(
+        10485760, ge=1024, description="Largest message learned from any source."
+    )
+    corpus_max_age_days: int = Field(
+        365, ge=1, description="Learned messages older than this leave the corpus at the "
+        "next rebuild."
+    )
+    corpus_max_messages: int = Field(
+        20000, ge=10, description="Newest learned messages kept per label; older ones leave "
+        "the corpus at the next rebuild."
+    )
+    rebuild_hours: float = Field(
+        24.0, ge=1, description="How often the token counts are rebuilt from the corpus."
+    )
+    folder_scan_seconds: float = Field(
+        300.0, ge=10, description="How often errors/spam and errors/notspam are scanned for "
+        "new messages to learn."
+    )
+
+
+class CommandSettings(Section):
+    enabled: bool = Field(True, description="Accept mail commands at the report domain.")
+    domain: str = Field(
+        "postwall.local", description="Domain of the command addresses (spam@, help@, ...). "
+        "Accepted only on the relay listener, from senders in local_domains."
+    )
+    privileged: list[str] = Field(
+        default_factory=list, description="Users who may change the global lists and ask "
+        "for others' block reports (addresses, @domain or wildcards)."
+    )
+    helpdesk: str | None = Field(
+        None, description="Address that gets a copy of every command's answer."
+    )
+    max_message_size: int = Field(
+        10485760, ge=1024, description="Largest command mail; bigger ones get 552."
+    )
+    max_addresses: int = Field(100, ge=1, description="Address lines read per command.")
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        name = value.strip().lower().rstrip(".")
+        if not DOMAIN_RE.match(name):
+            raise ValueError(f"invalid domain name {value!r}")
+        return name
+
+
+class BlockReportSettings(Section):
+    enabled: bool = Field(False, description="Send each user a daily digest of their "
+                          "quarantined mail.")
+    hour: int = Field(7, ge=0, le=23, description="Hour of the day (UTC) the digests go out.")
+    base_url: str | None = Field(
+        None, description="Address of the web UI that answers the digest links, e.g. "
+        "https://postwall.example.com:8443; without it digests carry no links."
+    )
+    link_days: int = Field(7, ge=1, le=60, description="How long a digest link works.")
+    max_entries: int = Field(200, ge=1, description="Messages listed per digest.")
+    sender: str | None = Field(
+        None, description="From address of digests and command answers (default: "
+        "postwall@<commands.domain>)."
+    )
+
+
 class FilterSection(Section):
     ip_lists: IPListSettings = Field(default_factory=IPListSettings)
     address_lists: AddressListSettings = Field(default_factory=AddressListSettings)
@@ -1102,6 +1214,8 @@ class FilterSection(Section):
     dmarc: DMARCSettings = Field(default_factory=DMARCSettings)
     dnsbl: DNSBLSettings = Field(default_factory=DNSBLSettings)
     uribl: URIBLSettings = Field(default_factory=URIBLSettings)
+    bayes: BayesSettings = Field(default_factory=BayesSettings)
+    personal_blacklist: FilterSettings = Field(default_factory=FilterSettings)
 
 
 class AutowhitelistSettings(Section):
@@ -1247,6 +1361,9 @@ class Config(Section):
     autowhitelist: AutowhitelistSettings = Field(default_factory=AutowhitelistSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    learning: LearningSettings = Field(default_factory=LearningSettings)
+    commands: CommandSettings = Field(default_factory=CommandSettings)
+    block_reports: BlockReportSettings = Field(default_factory=BlockReportSettings)
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
     webui: WebUISettings = Field(default_factory=WebUISettings)
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from appliance.filters.address_lists import AddressListFilter, RecipientListFilter
 from appliance.filters.attachments import AttachmentFilter
 from appliance.filters.base import Filter, error_symbol_name
+from appliance.filters.bayes import BayesFilter
 from appliance.filters.clamav import ClamAVFilter
 from appliance.filters.dkim import DKIMFilter
 from appliance.filters.dmarc import DMARCFilter
@@ -22,6 +23,7 @@ from appliance.filters.greylist import GreylistFilter
 from appliance.filters.helo import HeloFilter
 from appliance.filters.ip_lists import IPListFilter
 from appliance.filters.penalty_box import PenaltyBoxFilter
+from appliance.filters.personal_blacklist import PersonalBlacklistFilter
 from appliance.filters.rate_limits import ConnectionRateFilter, MessageRateFilter
 from appliance.filters.regex import RegexFilter
 from appliance.filters.sender import SenderFilter
@@ -52,6 +54,7 @@ FILTER_CLASSES: tuple[type[Filter], ...] = (
     SPFFilter,  # mail stage, after the sender lists (a whitelisted sender is not checked)
     RecipientListFilter,
     GreylistFilter,  # rcpt: after the recipient lists (noprocessing is never delayed)
+    PersonalBlacklistFilter,
     SizeFilter,
     AttachmentFilter,
     ClamAVFilter,  # waits on clamd; forced: runs for whitelisted mail too
@@ -59,6 +62,7 @@ FILTER_CLASSES: tuple[type[Filter], ...] = (
     URIBLFilter,
     DKIMFilter,
     DMARCFilter,  # after DKIM: it reads the SPF and DKIM results
+    BayesFilter,
 )
 
 # Symbols that mark mail as red: it never feeds the autowhitelist or the corpora.

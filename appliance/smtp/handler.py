@@ -197,17 +197,27 @@ class Handler:
         elif not address.isascii() and "SMTPUTF8" not in tx.mail_options:
             refusal = replies.NEEDS_SMTPUTF8
         else:
+            command_reply = runtime.commands.rcpt(tx, address)
+            if command_reply is not None:  # a command address, or a mix with commands
+                if command_reply.is_success:
+                    envelope.rcpt_tos.append(address)
+                else:
+                    tx.rejected_recipients.append((address, str(command_reply)))
+                return str(command_reply)
             refusal = self._relay_check(tx, address)
         if refusal is not None:
             tx.rejected_recipients.append((address, str(refusal)))
             return str(refusal)
         tx.current_rcpt = RecipientContext(address, tuple(rcpt_options))
         saved_final, saved_accept = tx.final, tx.accepted_by
+        saved_symbols = len(tx.symbols)
         result = await runtime.pipeline.run(Stage.RCPT, tx)
         tx.current_rcpt = None
         if result.final is not None:
-            # A refused recipient must not doom the others in the same transaction.
+            # A refused recipient must not doom the others in the same transaction:
+            # neither its final nor its findings (e.g. its personal blacklist) remain.
             tx.final, tx.accepted_by = saved_final, saved_accept
+            del tx.symbols[saved_symbols:]
             reply = _reply_for_final(result.final, replies.LOCAL_ERROR)
             tx.rejected_recipients.append((address, str(reply)))
             return str(reply)
@@ -275,6 +285,11 @@ class Handler:
         session.downstream = None
         runtime = self.runtime
         tx.content = envelope.content  # type: ignore[assignment]
+        if tx.command_rcpts:  # consumed by the appliance, never relayed
+            reply = await runtime.commands.data(tx)
+            tx.rcpt_tos = list(tx.command_rcpts)
+            runtime.log_transaction(tx, Action.DELIVER, 0.0, reply, None, "command")
+            return str(reply)
         try:
             reply, outcome, downstream_reply, kept = await self._judge_and_relay(tx, downstream)
         except BaseException:

@@ -136,6 +136,9 @@ async def _maintenance(runtime: object, index: int) -> None:
         try:
             await runtime.refresh_lists()
             await runtime.client_state.refresh()
+            await runtime.learning.refresh()
+            if index == 0:
+                await runtime.learning.periodic(runtime.loaded.base_path)
             runtime.pool.prune()
             if index == 0 and time.monotonic() - last_retention > RETENTION_SECONDS:
                 last_retention = time.monotonic()

@@ -9,6 +9,7 @@ from typing import Self
 from sqlalchemy import Engine
 
 from appliance.storage.audit import AuditLog
+from appliance.storage.corpus import CorpusStore
 from appliance.storage.engine import (
     DEFAULT_BUSY_TIMEOUT_MS,
     Database,
@@ -18,15 +19,19 @@ from appliance.storage.engine import (
     upgrade,
 )
 from appliance.storage.greylist import GreylistStore
+from appliance.storage.links import UsedLinkStore
 from appliance.storage.lists import ListStore
 from appliance.storage.mailstore import MailStore
 from appliance.storage.messagelog import MessageLog
 from appliance.storage.penalty import PenaltyStore
+from appliance.storage.personal import PersonalBlacklistStore
 from appliance.storage.releases import ReleaseStore
+from appliance.storage.training import TrainingStore
 from appliance.storage.users import UserStore
 
 DB_FILENAME = "postwall.db"
 MAIL_DIRNAME = "mail"
+CORPUS_DIRNAME = "corpus"
 
 
 class Storage:
@@ -48,6 +53,12 @@ class Storage:
         self.users = UserStore(self.db)
         self.audit = AuditLog(self.db)
         self.releases = ReleaseStore(self.db)
+        # The learning loop: token counts + ledger, the corpus copies, personal
+        # blacklists and the block-report links already used.
+        self.training = TrainingStore(self.db)
+        self.corpus = CorpusStore(data_dir / CORPUS_DIRNAME)
+        self.personal = PersonalBlacklistStore(self.db)
+        self.links = UsedLinkStore(self.db)
 
     @classmethod
     def open(

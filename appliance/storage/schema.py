@@ -200,3 +200,5 @@ quarantine_releases = Table(
     Column("state", String(16), nullable=False),
     Column("reply", Text, nullable=False, server_default=""),
 )
+# Tables of the classifier and the mail command interface (declared on `metadata`).
+import appliance.storage.schema_learning  # noqa: E402,F401

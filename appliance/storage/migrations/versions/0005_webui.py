@@ -1,7 +1,7 @@
 """The web UI: its users, failed logins, the audit log and quarantine releases.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2025-01-01
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005"
-down_revision: str | None = "0003"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

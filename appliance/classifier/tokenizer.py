@@ -1,0 +1,316 @@
+"""Turn a message into the set of tokens the classifier counts (pure, no I/O).
+
+Tokens carry a short prefix that says where they come from, so "free" in the subject and
+"free" in the body are different evidence:
+
+    h:NAME          a header name is present            s:WORD   subject word
+    f:ADDR fd:DOM   From address and domain             fn:WORD  From display name word
+    rd:DOM          Reply-To domain (rt:differs)        mi:DOM   Message-ID domain
+    xm:WORD         mailer (X-Mailer, User-Agent)       rh:DOM   Received host domains
+    ct: pt: cs: cte: content types, charsets, transfer encodings
+    u:HOST ud:DOM   URL host and its registered domain  up:WORD  URL path word
+    e:DOM           domain of an address in the text    a:t: a:x: a:n:  attachment type,
+    m:...           facts about the structure            extension and name words
+    WORD            a body word (text parts, HTML as text), lower-cased
+    A B / A _ B / A _ _ B   orthogonal sparse bigrams: body word pairs 1, 2 and 3 apart
+
+Our own verdict headers (X-Spam-*, X-Postwall-*) and the subject tag are ignored, so a
+tagged copy forwarded to spam@ teaches the same as the original.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from email.message import Message
+
+from appliance import mime
+
+MAX_TOKEN_LENGTH = 200  # fits bayes_tokens.token (255) with room for prefixes
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizerSettings:
+    max_text_chars: int = 60_000  # decoded body text looked at
+    max_pair_words: int = 400  # body words that also form pairs
+    pair_distance: int = 1  # pairs of words up to this far apart (1: neighbours)
+    min_word: int = 3
+    max_word: int = 24  # longer words become a "skip:" token
+    max_parts: int = 200
+    max_depth: int = 20
+    subject_prefix: str = "[SPAM]"
+
+
+DEFAULT_SETTINGS = TokenizerSettings()
+
+_WORD_RE = re.compile(r"[\w$€£][\w$€£'.,%-]*[\w$€£%!]|[\w$€£]")
+_URL_RE = re.compile(
+    r"(?:https?://|www\.)([a-z0-9][a-z0-9.-]{0,250}[a-z0-9])(?::\d+)?([/?#][^\s\"'<>()]*)?",
+    re.IGNORECASE,
+)
+# Only the domain matters; anchoring on "@" keeps the scan linear.
+_EMAIL_RE = re.compile(r"(?<=[\w.+-])@([a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63})+)", re.IGNORECASE)
+_ADDR_RE = re.compile(r"<?([^\s<>@\"]+@[^\s<>@\"]+?)>?\s*$")
+_RECEIVED_HOST_RE = re.compile(r"\b((?:[a-z0-9-]{1,63}\.)+[a-z]{2,24})\b", re.IGNORECASE)
+_PATH_WORD_RE = re.compile(r"[a-z]{3,20}", re.IGNORECASE)
+_DIGITS_RE = re.compile(r"\d+")
+_DATE_ALPHA_RE = re.compile(r"[A-Za-z]+")
+_DATE_SHAPE_RE = re.compile(r"\d")
+_OWN_HEADERS = ("x-spam-", "x-postwall-")
+# Headers whose presence says nothing about this message but about the corpus it came
+# from (mbox envelopes, local delivery), or that we add ourselves.
+_IGNORED_HEADER_NAMES = frozenset({"received", "delivered-to", "x-spam-status"})
+_WANTED_HEADERS = frozenset({
+    "subject", "from", "reply-to", "message-id", "date", "x-mailer", "user-agent", "to", "cc",
+})
+_SECOND_LEVEL = frozenset({"co", "com", "net", "org", "ac", "gov", "edu", "ne", "or"})
+
+
+def registered_domain(host: str) -> str:
+    """example.co.uk from www.example.co.uk: a cheap heuristic, not the public suffix list
+    (the classifier only needs the same answer for the same host every time)."""
+    labels = host.lower().rstrip(".").split(".")
+    if len(labels) <= 2:
+        return ".".join(labels)
+    if labels[-2] in _SECOND_LEVEL and len(labels[-1]) == 2:
+        return ".".join(labels[-3:])
+    return ".".join(labels[-2:])
+
+
+def _address(value: str) -> str:
+    match = _ADDR_RE.search(value.strip())
+    return match.group(1).lower() if match else ""
+
+
+def _words(text: str, settings: TokenizerSettings) -> list[str]:
+    lowest, highest = settings.min_word, settings.max_word
+    out = []
+    for word in _WORD_RE.findall(text.lower()):
+        size = len(word)
+        if size < lowest:
+            continue
+        if size > highest:
+            out.append(f"skip:{word[0]} {size // 10 * 10}")
+        else:
+            out.append(word)
+    return out
+
+
+def _bucket(count: int) -> str:
+    if count <= 2:
+        return str(count)
+    if count <= 5:
+        return "3-5"
+    if count <= 20:
+        return "6-20"
+    return "many"
+
+
+class _Collector:
+    """Tokens in first-seen order, each once."""
+
+    __slots__ = ("tokens",)
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, None] = {}
+
+    def add(self, token: str) -> None:
+        self.tokens[token[:MAX_TOKEN_LENGTH]] = None
+
+    def extend(self, prefix: str, values: Iterable[str]) -> None:
+        tokens = self.tokens
+        for value in values:
+            tokens[(prefix + value)[:MAX_TOKEN_LENGTH]] = None
+
+
+def tokenize(msg: Message, settings: TokenizerSettings = DEFAULT_SETTINGS) -> list[str]:
+    """The distinct tokens of a parsed message, in first-seen order."""
+    out = _Collector()
+    _header_tokens(msg, out, settings)
+    _body_tokens(msg, out, settings)
+    return list(out.tokens)
+
+
+def tokenize_bytes(content: bytes, settings: TokenizerSettings = DEFAULT_SETTINGS) -> list[str]:
+    return tokenize(mime.parse(content), settings)
+
+
+# -- headers ----------------------------------------------------------------------------
+
+
+def _header_tokens(msg: Message, out: _Collector, settings: TokenizerSettings) -> None:
+    try:
+        items = msg.raw_items()
+    except Exception:
+        return
+    names: set[str] = set()
+    relay_domains: set[str] = set()
+    wanted: dict[str, list[str]] = {}
+    received = 0
+    for key, raw in items:
+        name = str(key).lower()
+        if name in _WANTED_HEADERS:
+            wanted.setdefault(name, []).append(raw if isinstance(raw, str) else str(raw))
+        if name.startswith(_OWN_HEADERS):
+            continue
+        if name not in _IGNORED_HEADER_NAMES:
+            names.add(name)
+        if name == "received" and received < 6:
+            received += 1
+            value = raw if isinstance(raw, str) else str(raw)
+            hosts = {registered_domain(h) for h in _RECEIVED_HOST_RE.findall(value[:500])}
+            relay_domains.update(hosts)
+            out.extend("rh:", sorted(hosts))
+    out.extend("h:", sorted(names))
+
+    def first(name: str) -> str:
+        values = wanted.get(name)
+        return mime.decode_header_value(values[0]) if values else ""
+
+    subject = first("subject")
+    prefix = settings.subject_prefix
+    if prefix and subject.startswith(prefix):
+        subject = subject[len(prefix):].lstrip()
+    subject_words = _words(subject, settings)
+    out.extend("s:", subject_words)
+    out.extend("s:", (f"{a} {b}" for a, b in itertools.pairwise(subject_words)))
+    if not subject:
+        out.add("s:(none)")
+    elif subject.isupper() and len(subject) > 8:
+        out.add("s:(all caps)")
+
+    sender = first("from")
+    address = _address(sender)
+    if address:
+        domain = address.rpartition("@")[2]
+        out.add(f"f:{address}")
+        out.add(f"fd:{domain}")
+        name = sender.rpartition("<")[0] if "<" in sender else ""
+        out.extend("fn:", _words(name, settings))
+    else:
+        out.add("f:(none)")
+        domain = ""
+    reply_to = _address(first("reply-to"))
+    if reply_to:
+        reply_domain = reply_to.rpartition("@")[2]
+        out.add(f"rd:{reply_domain}")
+        if reply_domain != domain:
+            out.add("rt:differs")
+    message_id = first("message-id")
+    if message_id:
+        mid_domain = registered_domain(message_id.rpartition("@")[2].strip("<> "))
+        out.add("mi:" + mid_domain)
+        if domain:
+            out.add("m:mid " + ("same" if mid_domain == registered_domain(domain) else "other"))
+    else:
+        out.add("mi:(none)")
+    if domain:
+        out.add("m:from in received " + ("yes" if registered_domain(domain) in relay_domains
+                                          else "no"))
+    date = first("date")
+    if not date:
+        out.add("m:date (none)")
+    else:
+        out.add("m:date " + _DATE_SHAPE_RE.sub("9", _DATE_ALPHA_RE.sub("a", date))[:40])
+    mailer = first("x-mailer") or first("user-agent")
+    if mailer:
+        out.extend("xm:", _DIGITS_RE.sub("#", mailer.lower()).split()[:4])
+    recipients = sum(
+        value.count("@") for value in wanted.get("to", []) + wanted.get("cc", [])
+    )
+    out.add(f"m:rcpts {_bucket(recipients)}")
+
+
+# -- body -------------------------------------------------------------------------------
+
+
+def _body_tokens(msg: Message, out: _Collector, settings: TokenizerSettings) -> None:
+    left = settings.max_text_chars
+    words: list[str] = []
+    kinds: set[str] = set()
+    parts = 0
+    for info in mime.iter_parts(msg, settings.max_depth, settings.max_parts):
+        parts += 1
+        content_type = info.content_type
+        if info.is_multipart:
+            out.add(f"pt:{content_type}")
+            continue
+        part = info.part
+        try:
+            charset = part.get_content_charset()
+        except Exception:
+            charset = None
+        if charset:
+            out.add(f"cs:{charset.lower()[:40]}")
+        cte = str(part.get("content-transfer-encoding", "")).strip().lower()
+        if cte:
+            out.add(f"cte:{cte[:40]}")
+        if info.filename is not None or not content_type.startswith("text/"):
+            _attachment_tokens(info.filename, content_type, out, settings)
+            continue
+        if content_type not in ("text/plain", "text/html") or left <= 0:
+            out.add(f"pt:{content_type}")
+            continue
+        kinds.add(content_type)
+        raw = mime.decode_bytes(mime.attachment_payload(part, left * 4), charset)
+        _link_tokens(raw, out)
+        text = mime.strip_html(raw) if content_type == "text/html" else raw
+        text = text[:left]
+        left -= len(text)
+        words.extend(_words(text, settings))
+    out.add(f"ct:{_top_type(msg)}")
+    if kinds == {"text/html"}:
+        out.add("m:html only")
+    out.add(f"m:parts {_bucket(parts)}")
+    out.add(f"m:words {_bucket(len(words) // 50)}")
+    tokens = out.tokens
+    for word in words:
+        tokens[word] = None
+    _pair_tokens(words[: settings.max_pair_words], out, settings.pair_distance)
+
+
+def _top_type(msg: Message) -> str:
+    try:
+        return msg.get_content_type()
+    except Exception:
+        return "text/plain"
+
+
+def _attachment_tokens(
+    filename: str | None, content_type: str, out: _Collector, settings: TokenizerSettings
+) -> None:
+    out.add(f"a:t:{content_type[:60]}")
+    if filename:
+        name = filename.lower().replace("\x00", "")
+        stem, dot, extension = name.rpartition(".")
+        if dot and extension:
+            out.add(f"a:x:{extension[:20]}")
+        out.extend("a:n:", _words(stem or name, settings)[:10])
+
+
+def _link_tokens(text: str, out: _Collector) -> None:
+    if "@" in text:
+        for domain in _EMAIL_RE.findall(text[:20000])[:50]:
+            out.add(f"e:{registered_domain(domain)}")
+    if "://" not in text and "www." not in text and "WWW." not in text:
+        return
+    urls = _URL_RE.findall(text)
+    for host, path in urls[:100]:
+        host = host.lower()
+        out.add(f"u:{host}")
+        out.add(f"ud:{registered_domain(host)}")
+        if path:
+            out.extend("up:", (w.lower() for w in _PATH_WORD_RE.findall(path[:200])[:6]))
+    if urls:
+        out.add(f"m:urls {_bucket(len(urls))}")
+
+
+def _pair_tokens(words: list[str], out: _Collector, distance: int) -> None:
+    tokens = out.tokens
+    gaps = [" ", " _ ", " _ _ ", " _ _ _ "][:distance]
+    for gap_index, gap in enumerate(gaps, start=1):
+        for first, second in zip(words, words[gap_index:], strict=False):
+            tokens[first + gap + second] = None
+
