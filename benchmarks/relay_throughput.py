@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import copy
 import importlib.util
@@ -158,6 +159,17 @@ EVERY_FILTER_CONFIG: dict[str, Any] = {
     },
 }
 
+def deep_merge_static(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`deep_merge` for module constants (defined before the run-time helpers)."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge_static(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 # Probes sent once after Postwall started with a filter set, to show that its filters act:
 # (description, MAIL FROM, RCPT TO, expected first digit of the reply at MAIL/RCPT/DATA end).
 FILTER_SET_PROBES: dict[str, list[tuple[str, str, str, str]]] = {
@@ -175,9 +187,63 @@ NO_FILTER_CONFIG: dict[str, Any] = {
     },
 }
 
+# Every network and client check on, against a local NSD serving the zones below and a
+# local clamd (both started by the benchmark, from tests/support). The records make the
+# benchmark traffic pass every check after doing its full work: the client 127.0.x.y is
+# not listed (the RFC 5782 test entry 127.0.0.2 is, for the sanity probes), SPF passes
+# for bench-sender.test, DMARC passes aligned with SPF, the HELO name resolves, every
+# 127/8 address has a PTR (confirmed for 127.0.0.1 only), the sender domain has an MX,
+# clamd scans every message. relay_networks is moved away from 127/8 so that the
+# benchmark's clients are outside clients, which every check judges. The filled-in
+# addresses (`dns.nameservers`, `filters.clamav.address`) are set at run time.
+NETWORK_ZONES: dict[str, list[str]] = {
+    "bl.bench.test": ['2.0.0.127 IN A 127.0.0.2', '2.0.0.127 IN TXT "test entry"'],
+    "wl.bench.test": ["2.0.0.127 IN A 127.0.0.2"],
+    "uribl.bench.test": ["test IN A 127.0.0.2"],
+    "bench-sender.test": [
+        "@ IN MX 10 mx.bench-sender.test.",
+        "mx IN A 127.0.0.1",
+        '@ IN TXT "v=spf1 ip4:127.0.0.0/8 -all"',
+        '_dmarc IN TXT "v=DMARC1; p=reject; adkim=r; aspf=r"',
+    ],
+    "bench.test": ["client IN A 127.0.0.1", "@ IN MX 10 client.bench.test."],
+    "127.in-addr.arpa": ["* IN PTR client.bench.test."],
+}
+
+NETWORK_FILTER_CONFIG: dict[str, Any] = deep_merge_static(EVERY_FILTER_CONFIG, {
+    "relay_networks": ["192.0.2.0/24"],
+    "dns": {"timeout": 2.0, "lifetime": 4.0},
+    "filters": {
+        "clamav": {"mode": "block", "timeout": 30},
+        "dnsbl": {
+            "mode": "block", "check_private": True,
+            "zones": [{"zone": "bl.bench.test", "label": "BENCH", "weight": 3}],
+            "dnswl_zones": [{"zone": "wl.bench.test", "label": "BENCHWL", "weight": -1}],
+        },
+        "uribl": {
+            "mode": "block",
+            "zones": [{"zone": "uribl.bench.test", "label": "BENCH", "weight": 3}],
+        },
+        "helo": {"mode": "block", "check_dns": True},
+        "fcrdns": {"mode": "score"},
+        "sender": {"mode": "block"},
+        "spf": {"mode": "block"},
+        "dkim": {"mode": "score"},
+        "dmarc": {"mode": "block"},
+        "greylist": {"mode": "score", "delay": 1},
+        "penalty_box": {"mode": "block"},
+        "rate_limits": {
+            "mode": "block", "connections_per_minute": 1_000_000,
+            "messages_per_hour": 10_000_000,
+        },
+    },
+})
+FILTER_SET_PROBES["network"] = FILTER_SET_PROBES["every"]
+
 POSTWALL_FILTER_SETS: dict[str, dict[str, Any]] = {
     "default": {},  # the schema's defaults
     "every": EVERY_FILTER_CONFIG,
+    "network": NETWORK_FILTER_CONFIG,
     "off": NO_FILTER_CONFIG,
 }
 
@@ -1028,6 +1094,44 @@ def validate_postwall_config(cfg: dict[str, Any]) -> str | None:
     return None
 
 
+class NetworkServices:
+    """The real NSD (serving NETWORK_ZONES) and clamd (test signatures) that the `network`
+    filter set asks; started once on first use, stopped at exit (tests/support starts
+    them the same way for the integration tests)."""
+
+    _instance: NetworkServices | None = None
+
+    def __init__(self) -> None:
+        if str(REPO) not in sys.path:
+            sys.path.insert(0, str(REPO))
+        from tests.support.clamd import ClamdInstance
+        from tests.support.dns_server import AuthoritativeDNS
+
+        self.dns = AuthoritativeDNS(ttl=3600)
+        self.dns.set_zones(NETWORK_ZONES)
+        self.clamd = ClamdInstance()
+        try:
+            self.dns.start()
+            self.clamd.start()
+        except Exception:
+            self.stop()
+            raise
+        log(f"network set: NSD on {self.dns.nameserver} (pid {self.dns.pid}), "
+            f"clamd on {self.clamd.address} (pid {self.clamd.pid})")
+
+    @classmethod
+    def get(cls) -> NetworkServices:
+        if cls._instance is None:
+            cls._instance = cls()
+            atexit.register(cls._instance.stop)
+        return cls._instance
+
+    def stop(self) -> None:
+        for service in (self.clamd, self.dns):
+            with contextlib.suppress(Exception):
+                service.cleanup()
+
+
 class PostwallSubject(Subject):
     name = "c"
 
@@ -1064,7 +1168,14 @@ class PostwallSubject(Subject):
                 "metrics": {"listen": f"127.0.0.1:{free_port()}"},
             },
         )
-        return deep_merge(cfg, POSTWALL_FILTER_SETS[self.filter_set])
+        cfg = deep_merge(cfg, POSTWALL_FILTER_SETS[self.filter_set])
+        if self.filter_set == "network":
+            services = NetworkServices.get()
+            cfg = deep_merge(cfg, {
+                "dns": {"nameservers": [services.dns.nameserver]},
+                "filters": {"clamav": {"address": services.clamd.address}},
+            })
+        return cfg
 
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
