@@ -30,7 +30,20 @@ _CONTEXT = b"postwall-link-v1."
 
 
 class LinkError(ValueError):
-    """The link cannot be used; the message is fit to show the user."""
+    """The link cannot be used; the message is fit to show the user. This class itself
+    means the token is not one we signed (malformed or forged)."""
+
+
+class LinkExpired(LinkError):
+    """Correctly signed, but past its expiry."""
+
+
+class LinkUsed(LinkError):
+    """Correctly signed, but this message was released through a link before."""
+
+
+class LinkKeyError(LinkError):
+    """The appliance's link key is unusable (a fault of the installation, not the link)."""
 
 
 def load_key(data_dir: Path) -> bytes:
@@ -48,13 +61,13 @@ def load_key(data_dir: Path) -> bytes:
             os.close(fd)
     info = path.lstat()
     if not stat.S_ISREG(info.st_mode):
-        raise LinkError(f"{path} is not a regular file")
+        raise LinkKeyError(f"{path} is not a regular file")
     if info.st_mode & 0o077:
-        raise LinkError(f"{path} is readable by others (mode {info.st_mode & 0o777:o}); "
-                        "chmod 600 it")
+        raise LinkKeyError(f"{path} is readable by others (mode {info.st_mode & 0o777:o}); "
+                           "chmod 600 it")
     key = path.read_bytes()
     if len(key) < KEY_BYTES:
-        raise LinkError(f"{path} is too short to be a link key")
+        raise LinkKeyError(f"{path} is too short to be a link key")
     return key
 
 
@@ -97,6 +110,22 @@ def sign(key: bytes, action: str, txid: str, recipient: str, lifetime: float,
 
 def verify(key: bytes, token: str, now: float | None = None) -> LinkClaims:
     """The claims of a valid, unexpired token; LinkError says why not."""
+    claims = _signed_claims(key, token)
+    if (now if now is not None else time.time()) >= claims.expires:
+        raise LinkExpired("this link has expired; use a newer block report")
+    return claims
+
+
+def signed_claims(key: bytes, token: str) -> LinkClaims | None:
+    """The claims of a token we signed, expired or not; None for any other token. For
+    saying in the audit log which message a refused link was about."""
+    try:
+        return _signed_claims(key, token)
+    except LinkError:
+        return None
+
+
+def _signed_claims(key: bytes, token: str) -> LinkClaims:
     if not isinstance(token, str) or not token or len(token) > MAX_TOKEN or not token.isascii():
         raise LinkError("this link is not valid")
     payload, dot, signature = token.partition(".")
@@ -112,6 +141,4 @@ def verify(key: bytes, token: str, now: float | None = None) -> LinkClaims:
         raise LinkError("this link is not valid") from None
     if claims.action not in ACTIONS:
         raise LinkError("this link is not valid")
-    if (now if now is not None else time.time()) >= claims.expires:
-        raise LinkError("this link has expired; use a newer block report")
     return claims

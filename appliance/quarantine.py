@@ -4,7 +4,9 @@ A release hands the kept copy straight to the downstream Postfix, so it is deliv
 without being filtered again, to the envelope recipients the message log recorded, and
 at most once: the release is claimed in the database before Postfix sees the message
 (see `appliance.storage.releases`). Copies of our own verdict headers are removed and a
-header says who released the message.
+header says who released the message. Recipients who already released their copy through
+a block-report link (`appliance.digest_release`) are left out. A delivered release is
+learned as ham, with the weight of a false positive.
 
 Reports copy the message into ``errors/spam`` or ``errors/notspam``, the folders the
 statistical classifier learns its corrections from.
@@ -12,14 +14,19 @@ statistical classifier learns its corrections from.
 
 from __future__ import annotations
 
+import logging
 import smtplib
 from dataclasses import dataclass, field
 from email.utils import formatdate
 
 from appliance.actions import header_line, strip_own_headers
+from appliance.classifier.learner import LearnResult
 from appliance.config.schema import Config
+from appliance.learning_loop import learn_weights, learner_for
 from appliance.storage.facade import Storage
 from appliance.storage.mailstore import validate_folder, validate_txid
+
+log = logging.getLogger("postwall.quarantine")
 
 REPORT_FOLDERS = {"spam": "errors/spam", "notspam": "errors/notspam"}
 
@@ -40,6 +47,8 @@ class ReleaseResult:
     delivered_to: list[str]
     refused: dict[str, str] = field(default_factory=dict)  # recipient -> Postfix's reply
     reply: str = ""  # Postfix's answer to the end of DATA
+    skipped: list[str] = field(default_factory=list)  # released through their digest link
+    learned: LearnResult | None = None
 
 
 def release(
@@ -56,14 +65,19 @@ def release(
         raise QuarantineError(
             f"the message log has no envelope for {txid} (purged?): its recipients are unknown"
         )
+    skipped = sorted(storage.links.recipients_of(txid))
+    recipients = [r for r in entry.recipients if r.lower() not in skipped]
+    if not recipients:
+        raise QuarantineError(f"every recipient of {txid} already released it through the "
+                              f"link in their block report ({', '.join(skipped)})")
     if not storage.releases.claim(txid, folder, username):
         known = storage.releases.get(txid)
         when = known.released_at.strftime("%Y-%m-%d %H:%M UTC") if known else "earlier"
         who = known.released_by if known else "someone"
         raise QuarantineError(f"{txid} was already released by {who} at {when}")
     try:
-        result = _hand_to_postfix(config, txid, entry.sender, entry.recipients,
-                                  _prepare(content, txid, username, entry.listener))
+        result = _hand_to_postfix(config, txid, entry.sender, recipients,
+                                  prepare_release(content, txid, username, entry.listener))
     except ReleaseUncertain as exc:
         storage.releases.complete(txid, f"unknown: {exc}")
         raise
@@ -71,10 +85,25 @@ def release(
         storage.releases.abandon(txid)
         raise
     storage.releases.complete(txid, result.reply)
+    result.skipped = skipped
+    result.learned = learn_released(storage, config, content, username)
     return result
 
 
-def _prepare(content: bytes, txid: str, username: str, listener: str) -> bytes:
+def learn_released(storage: Storage, config: Config, content: bytes, who: str) -> LearnResult:
+    """Learn a released message as ham ("released = ham", a false positive). It is
+    delivered already, so a failure here is logged and reported, never raised."""
+    try:
+        return learner_for(storage, config).learn(
+            content, "ham", source="quarantine", who=who, weight=learn_weights(config)["ham"])
+    except Exception as exc:
+        log.exception("a released message was not learned as ham")
+        return LearnResult("refused", "ham", detail=f"learning failed: {exc}")
+
+
+def prepare_release(content: bytes, txid: str, username: str, listener: str) -> bytes:
+    """The kept copy as it is delivered: forged verdict headers of inbound mail removed,
+    our id and who released it added."""
     if listener == "inbound":
         content = strip_own_headers(content)
     return (
@@ -139,7 +168,9 @@ def _text(raw: bytes | str) -> str:
 
 
 def report(storage: Storage, folder: str, txid: str, kind: str) -> str:
-    """Copy a kept message into errors/spam or errors/notspam; returns that folder."""
+    """Copy a kept message into errors/spam or errors/notspam; returns that folder. The
+    latest report wins: a copy in the other folder is removed, or every scan of the
+    error folders would learn the message one way and then correct it back."""
     if kind not in REPORT_FOLDERS:
         raise QuarantineError(f"unknown report {kind!r}; expected spam or notspam")
     try:
@@ -148,6 +179,9 @@ def report(storage: Storage, folder: str, txid: str, kind: str) -> str:
         raise QuarantineError(f"no kept message {txid} in {folder}/") from None
     target = REPORT_FOLDERS[kind]
     storage.mail.keep(target, txid, content)
+    for other in REPORT_FOLDERS.values():
+        if other != target:
+            storage.mail.delete(other, txid)
     return target
 
 

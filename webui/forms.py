@@ -27,6 +27,7 @@ from wtforms.validators import (
     ValidationError,
 )
 
+from appliance.links import MAX_TOKEN
 from appliance.storage.users import ROLES
 
 
@@ -96,6 +97,13 @@ class QuarantineActionForm(FlaskForm):
 class QuarantineListForm(QuarantineActionForm):
     list_name = SelectField("List", choices=["whitelist", "blacklist", "redlist", "noprocessing"])
     what = SelectField("Entry", choices=["sender", "domain"])
+
+
+class DigestLinkForm(FlaskForm):
+    """The confirmation of a block-report link: the signed token travels in the form,
+    so it is not repeated in the address bar of the result page."""
+
+    token = HiddenField(validators=[DataRequired(), Length(max=MAX_TOKEN)])
 
 
 class UserAddForm(FlaskForm):

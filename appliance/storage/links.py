@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from appliance.storage.engine import Database
@@ -30,6 +30,20 @@ class UsedLinkStore:
         except IntegrityError:
             return False
         return True
+
+    def is_used(self, link_id: str) -> bool:
+        with self._db.read() as conn:
+            return conn.execute(
+                select(used_links.c.link_id).where(used_links.c.link_id == link_id)
+            ).first() is not None
+
+    def recipients_of(self, txid: str) -> set[str]:
+        """The recipients who released message `txid` through a digest link (until the
+        link's expiry, when its row is purged)."""
+        with self._db.read() as conn:
+            return {str(r) for r in conn.execute(
+                select(used_links.c.recipient).where(used_links.c.txid == txid)
+            ).scalars()}
 
     def release(self, link_id: str) -> None:
         """Forget a claim whose action then failed, so the link can be tried again."""

@@ -166,7 +166,13 @@ def test_quarantined_mail_is_released_once_to_the_internal_server(ui: Any,
     response = client.post("/quarantine/release", {"folder": "spam", "txid": entry.id})
     page = html.unescape(client.get(response.headers["Location"]).get_data(as_text=True))
     assert "Released to bob@example.com (250" in page
+    assert 'Classifier: learned as ham: "lottery win"' in page
     assert "A message is released only once." in page
+    # Released = ham, weighted as a false positive, in the training ledger.
+    [learned] = storage.training.entries()
+    assert (learned.label, learned.source, learned.who, learned.subject) == (
+        "ham", "quarantine", "admin", "lottery win")
+    assert learned.weight == loader.load(proxy.config_path).config.learning.false_positive_weight
     [delivered] = recorded.wait_for(1)
     assert delivered.mail_from == "promo@lotto.example"
     assert list(delivered.rcpt_tos) == ["bob@example.com"]
@@ -179,6 +185,7 @@ def test_quarantined_mail_is_released_once_to_the_internal_server(ui: Any,
     assert f"Not released: {entry.id} was already released by admin" in page
     time.sleep(1.0)
     assert len(recorded.messages()) == 1
+    assert storage.training.count() == 1
     release = storage.releases.get(entry.id)
     assert release.state == "delivered" and release.reply.startswith("250")
     [audit] = storage.audit.search(action="quarantine.release")

@@ -68,9 +68,17 @@ def test_public_routes_are_only_login_logout_and_static(appliance: Appliance) ->
     assert public == {"auth.login", "auth.logout", "static"}
 
 
+def test_token_routes_are_only_the_digest_links(appliance: Appliance) -> None:
+    """Reached without a login, the signed token in the request being the credential."""
+    with_token = {rule.rule: rule.endpoint for rule in all_rules(appliance.app)
+                  if access.rule_of(appliance.app.view_functions[rule.endpoint])
+                  == access.PUBLIC_WITH_TOKEN}
+    assert with_token == {"/blockreport/link": "blockreport.link"}
+
+
 def _protected(appliance: Appliance, method: str) -> list[Rule]:
     return [r for r in rules_with(appliance, method)
-            if access.rule_of(appliance.app.view_functions[r.endpoint]) != access.PUBLIC]
+            if access.rule_of(appliance.app.view_functions[r.endpoint]) not in access.NO_LOGIN]
 
 
 def test_every_protected_page_redirects_to_login(appliance: Appliance, anonymous: Any) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import io
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -236,6 +237,7 @@ def test_report_spam_and_not_spam_feed_the_classifier_folders(kept: Appliance,
     assert kept.storage.mail.read("errors/notspam", "q1") == HOSTILE
     operator.post("/quarantine/report", {"folder": "spam", "txid": "q1", "kind": "spam"})
     assert kept.storage.mail.read("errors/spam", "q1") == HOSTILE
+    assert not kept.storage.mail.exists("errors/notspam", "q1")  # the latest report wins
     response = operator.post("/quarantine/report", {"folder": "spam", "txid": "q1",
                                                     "kind": "ham"})
     assert response.status_code == 302
@@ -243,6 +245,33 @@ def test_report_spam_and_not_spam_feed_the_classifier_folders(kept: Appliance,
     assert "Not reported: unknown report" in html.unescape(page)
     assert [e.action for e in kept.storage.audit.search(action="quarantine.")] == [
         "quarantine.report_spam", "quarantine.report_notspam"]
+
+
+def test_reports_are_learned_by_the_error_folder_scan(kept: Appliance,
+                                                      operator: UIClient) -> None:
+    """What the learning loop of worker 0 does every learning.folder_scan_seconds."""
+    from appliance.learning_loop import learn_weights, learner_for
+
+    config = state_of(kept).loaded.config
+    learner = learner_for(kept.storage, config)
+    operator.post("/quarantine/report", {"folder": "spam", "txid": "q1", "kind": "notspam"})
+    [result] = learner.scan_error_folders(learn_weights(config))
+    assert (result.status, result.label) == ("learned", "ham")
+    [entry] = kept.storage.training.entries()
+    assert (entry.label, entry.source, entry.weight) == (
+        "ham", "folder", config.learning.false_positive_weight)
+    operator.post("/quarantine/report", {"folder": "spam", "txid": "q1", "kind": "spam"})
+    [result] = learner.scan_error_folders(learn_weights(config))
+    assert (result.status, result.label) == ("corrected", "spam")
+    [entry] = kept.storage.training.entries()
+    assert (entry.label, entry.weight) == ("spam", config.learning.false_negative_weight)
+    assert learner.scan_error_folders(learn_weights(config)) == []  # settled, no flip-flop
+
+
+def state_of(appliance: Appliance) -> Any:
+    from webui.state import EXTENSION
+
+    return appliance.app.extensions[EXTENSION]
 
 
 def test_sender_or_domain_onto_a_list(kept: Appliance, operator: UIClient) -> None:
@@ -272,6 +301,7 @@ def test_release_without_postfix_fails_cleanly_and_can_be_retried(kept: Applianc
     assert "Not released: cannot hand the message to 127.0.0.1:9" in page
     assert kept.storage.releases.get("q1") is None  # the claim was given back
     assert kept.storage.audit.count(action="quarantine.release") == 0
+    assert kept.storage.training.count() == 0  # not delivered: not learned as ham either
 
 
 # -- analyzer ---------------------------------------------------------------------------

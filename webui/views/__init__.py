@@ -9,6 +9,7 @@ def register_blueprints(app: Flask) -> None:
     from webui.views import (
         analyzer,
         auth,
+        blockreport,
         configuration,
         connections,
         dashboard,
@@ -19,5 +20,5 @@ def register_blueprints(app: Flask) -> None:
     )
 
     for module in (auth, dashboard, configuration, lists, messages, quarantine, analyzer,
-                   connections, users):
+                   connections, users, blockreport):
         app.register_blueprint(module.bp)

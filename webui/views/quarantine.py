@@ -139,11 +139,18 @@ def release() -> Response:
         flash(f"Not released: {exc}", "error")
         return _back(folder, txid)
     refused = "; ".join(f"{r}: {t}" for r, t in result.refused.items())
+    skipped = (f"; not again to {', '.join(result.skipped)} (released through their block "
+               "report)" if result.skipped else "")
+    learned = f"; {result.learned.describe()}" if result.learned else ""
     access.audit("quarantine.release", f"{folder}/{txid}", None,
                  f"to {', '.join(result.delivered_to)}: {result.reply}"
-                 + (f"; refused {refused}" if refused else ""))
+                 + (f"; refused {refused}" if refused else "") + skipped + learned)
     flash(f"Released to {', '.join(result.delivered_to)} ({result.reply})."
-          + (f" Refused: {refused}." if refused else ""), "success")
+          + (f" Refused: {refused}." if refused else "")
+          + (f" Not again to {', '.join(result.skipped)}: they released it from their "
+             "block report." if result.skipped else "")
+          + (f" Classifier: {result.learned.describe()}" if result.learned else ""),
+          "success")
     return _back(folder, txid)
 
 
