@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from tests.support.services import (
     _tail,
     _unregister,
     free_port,
+    terminate,
     wait_until,
 )
 
@@ -165,13 +165,7 @@ class ClamdInstance:
         proc = self._proc
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        terminate(proc, timeout=timeout)
         REAPER.forget(proc.pid)
         _unregister(self)
         self._proc = None

@@ -45,6 +45,7 @@ from tests.support.services import (
     _remove_base_dir,
     _unregister,
     free_port,
+    terminate,
     wait_until,
 )
 
@@ -218,22 +219,23 @@ class AuthoritativeDNS:
             origin: int((self.zones_dir / f"{origin}.zone").read_text().split("(", 1)[1].split()[0])
             for origin in (origins or self._zones)
         }
-        if not wait_until(
-            lambda: all(self._serial_of(o) == serial for o, serial in wanted.items()), timeout
-        ):
+        streak = [0]
+
+        def loaded() -> bool:
+            # NSD's old server process may answer for a moment after the new one does:
+            # only several new answers in a row mean the reload is complete.
+            fresh = all(self._serial_of(o) == serial for o, serial in wanted.items())
+            streak[0] = streak[0] + 1 if fresh else 0
+            return streak[0] >= 5
+
+        if not wait_until(loaded, timeout, interval=0.02):
             raise ServiceError(f"NSD did not load the new zones:\n{self.diagnostics()}")
 
     def stop(self, timeout: float = 10.0) -> None:
         proc = self._proc
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        terminate(proc, timeout=timeout)
         _REAPER.forget(proc.pid)
         _unregister(self)
         self._proc = None

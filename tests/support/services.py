@@ -113,6 +113,17 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
         time.sleep(interval)
 
 
+def terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM the child by its PID, SIGKILL it after `timeout` seconds; reaped either way."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
 def kill_process_group(pgid: int, *, grace: float = 5.0) -> None:
     """SIGTERM every member of a process group we created, then SIGKILL what remains.
 
@@ -867,13 +878,7 @@ class RecordingServer:
         proc = self._proc
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        terminate(proc, timeout=timeout)
         kill_process_group(proc.pid, grace=1.0)
         _REAPER.forget(proc.pid)
         _unregister(self)
@@ -1150,13 +1155,7 @@ class ProxyProcess:
         proc = self._proc
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        terminate(proc, timeout=timeout)
         kill_process_group(proc.pid, grace=2.0)  # workers, if any outlived the main process
         _REAPER.forget(proc.pid)
         _unregister(self)

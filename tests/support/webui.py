@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from tests.support.services import LOOPBACK, ServiceError, free_port, wait_until
+from tests.support.services import LOOPBACK, ServiceError, free_port, terminate, wait_until
 
 CSRF_RE = re.compile(r'name="csrf_token"(?: type="hidden")? value="([^"]+)"')
 ADMIN_PASSWORD = "admin password for tests"
@@ -156,13 +155,7 @@ class WebUIProcess:
         proc = self._proc
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        terminate(proc, timeout=10)
         return proc.returncode
 
 
