@@ -95,6 +95,9 @@ class TransactionContext:
     filter_errors: int = 0
     # Recipients refused at RCPT (by us or by Postfix) with the reply they got.
     rejected_recipients: list[tuple[str, str]] = field(default_factory=list)
+    # Why those recipients were refused (GREYLISTED, PERSONAL_BLACKLIST, ...): shown in the
+    # message log, never scored, so a refused recipient does not doom the others.
+    refusal_symbols: list[Symbol] = field(default_factory=list)
     # SPF, DKIM and DMARC results, for DMARC and the Authentication-Results header.
     auth: AuthResults = field(default_factory=AuthResults)
     # Command addresses (spam@, help@, ...) accepted at RCPT: the mail is consumed.

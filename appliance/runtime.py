@@ -292,6 +292,8 @@ class Runtime:
         for symbol in tx.symbols:
             metrics.SYMBOL_HITS.labels(symbol.name).inc()
         conn = tx.connection
+        scored = {s.name for s in tx.symbols}
+        logged = tx.symbols + [s for s in tx.refusal_symbols if s.name not in scored]
         reply_text = str(reply) if reply is not None else "; ".join(
             f"{rcpt}: {text}" for rcpt, text in tx.rejected_recipients
         )
@@ -300,7 +302,7 @@ class Runtime:
             "reason=%s symbols=%s",
             tx.id, listener, conn.peer_ip, tx.mail_from, ",".join(tx.rcpt_tos) or "-",
             tx.size, label, total, reply_text, reason,
-            " ".join(f"{s.name}({s.score:g})" for s in tx.symbols) or "-",
+            " ".join(f"{s.name}({s.score:g})" for s in logged) or "-",
         )
         if self.log_writer is None:
             return
@@ -314,7 +316,7 @@ class Runtime:
             recipients=list(tx.rcpt_tos) or [r for r, _ in tx.rejected_recipients],
             subject=subject_of(tx),
             size=tx.size,
-            symbols=[(s.name, s.score, s.reason) for s in tx.symbols],
+            symbols=[(s.name, s.score, s.reason) for s in logged],
             total=total,
             action=label,
             reply=reply_text,

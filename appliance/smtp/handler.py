@@ -218,6 +218,8 @@ class Handler:
             # neither its final nor its findings (e.g. its personal blacklist) remain.
             tx.final, tx.accepted_by = saved_final, saved_accept
             del tx.symbols[saved_symbols:]
+            if all(s.name != result.final.symbol.name for s in tx.refusal_symbols):
+                tx.refusal_symbols.append(result.final.symbol)
             reply = _reply_for_final(result.final, replies.LOCAL_ERROR)
             tx.rejected_recipients.append((address, str(reply)))
             return str(reply)

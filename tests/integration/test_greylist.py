@@ -73,7 +73,7 @@ def test_first_attempt_is_delayed_and_a_retry_after_the_delay_passes_on_every_wo
             rows = storage.messagelog.search(sender=SENDER, limit=100)
             return {name for row in rows for name, _, _ in row.symbols}
 
-        assert wait_until(lambda: {"GREYLISTED", "GREYLIST_PASSED"} <= logged(), 5.0)
+        assert wait_until(lambda: {"GREYLISTED", "GREYLIST_PASSED"} <= logged(), 20.0)
         delayed = storage.messagelog.search(sender=SENDER, action="tempfail")
     assert len(delayed) == 2 and "451 4.7.1 Greylisted" in delayed[0].reply
 
