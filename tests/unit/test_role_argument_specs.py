@@ -24,7 +24,7 @@ def entry_points(role: str) -> dict[str, dict]:
 
 
 def test_every_role_is_checked() -> None:
-    assert {"postfix", "clamav", "postwall", "webui"} <= set(ROLES)
+    assert {"postfix", "clamav", "postwall", "webui", "backup"} <= set(ROLES)
 
 
 @pytest.mark.parametrize("role", ROLES)
