@@ -503,5 +503,14 @@ def _add_webui_commands() -> None:
 _add_webui_commands()
 
 
+def _add_backup_commands() -> None:
+    from appliance.backup.cli import register  # `postwall backup` and `postwall restore`
+
+    register(main)
+
+
+_add_backup_commands()
+
+
 if __name__ == "__main__":
     main()

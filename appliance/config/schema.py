@@ -1286,6 +1286,122 @@ class DNSSettings(Section):
         return value
 
 
+class BackupSMBSettings(Section):
+    """An SMB/CIFS share (Windows or Samba) the backups are uploaded to."""
+
+    server: str = Field(
+        ..., min_length=1, max_length=255, description="Host name or IP address of the file server."
+    )
+    port: int = Field(445, ge=1, le=65535, description="SMB port of the file server.")
+    share: str = Field(
+        ..., min_length=1, max_length=80,
+        description="Share name as the server exports it; spaces are fine ('ASSP Backups').",
+    )
+    folder: str = Field(
+        "", max_length=1000,
+        description="Sub-folder of the share that holds the backups ('' = the share's top). "
+        "It must exist: a missing folder is reported, never created, so a typo cannot "
+        "scatter backups over the share.",
+    )
+    credentials_file: Path = Field(
+        ..., description="File with 'username=', 'password=' and optional 'domain=' lines "
+        "(the smbclient -A / mount.cifs format). Must be mode 0600 and owned by the user "
+        "running the backup, or the command refuses.",
+    )
+
+    @field_validator("server")
+    @classmethod
+    def _server(cls, value: str) -> str:
+        text = value.strip().strip("\\/")
+        if not text or any(c in text for c in "\\/ "):
+            raise ValueError(f"expected a host name or address, got {value!r}")
+        return text
+
+    @field_validator("share")
+    @classmethod
+    def _share(cls, value: str) -> str:
+        if any(c in value for c in '\\/:*?"<>|') or value != value.strip():
+            raise ValueError(f"invalid share name {value!r}")
+        return value
+
+    @field_validator("folder")
+    @classmethod
+    def _folder(cls, value: str) -> str:
+        parts = [p for p in value.replace("\\", "/").split("/") if p]
+        if any(p in (".", "..") for p in parts):
+            raise ValueError(f"folder {value!r} must not contain '.' or '..'")
+        return "/".join(parts)
+
+
+class BackupRetentionSettings(Section):
+    """Which backups stay on each target after a successful run (grandfather-father-son):
+    the newest backup of each of the last N days, weeks and months. Everything else
+    matching this host's backup names is deleted; other files are never touched."""
+
+    daily: int = Field(7, ge=0, le=3650, description="Days for which the newest backup is kept.")
+    weekly: int = Field(4, ge=0, le=520, description="ISO weeks for which the newest is kept.")
+    monthly: int = Field(6, ge=0, le=240, description="Months for which the newest is kept.")
+
+
+DEFAULT_BACKUP_SYSTEM_FILES: tuple[str, ...] = (
+    "/etc/postfix/main.cf",
+    "/etc/postfix/master.cf",
+    "/etc/postfix/transport",
+    "/etc/clamav/clamd.conf",
+    "/etc/clamav/freshclam.conf",
+)
+
+
+class BackupSettings(Section):
+    """`postwall backup` and `postwall restore` (see README, "Backups and restore")."""
+
+    directory: Path | None = Field(
+        None, description="Local directory (or mounted disk) that receives the backups; "
+        "empty = none. Created with mode 0700 if missing.",
+    )
+    smb: BackupSMBSettings | None = Field(
+        None, description="An SMB share that receives the backups; empty = none."
+    )
+    encryption_key_file: Path | None = Field(
+        None, description="Key file made by `postwall backup keygen` (mode 0600): backups "
+        "are encrypted and authenticated (AES-256-GCM). Empty = not encrypted. Keep a copy "
+        "of the key away from the appliance: without it no backup can be restored.",
+    )
+    include_mail: bool = Field(
+        False, description="Also back up the kept mail folders (quarantine, archive...)."
+    )
+    system_files: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_BACKUP_SYSTEM_FILES),
+        description="Configuration files of the services the roles manage (Postfix, "
+        "ClamAV) to include; missing ones are skipped with a note. Restored only with "
+        "`postwall restore --only system`.",
+    )
+    retention: BackupRetentionSettings = Field(default_factory=BackupRetentionSettings)
+    verify: bool = Field(
+        True, description="After each backup, restore it into a scratch directory and "
+        "check every hash, the configuration and the databases' row counts. Only a "
+        "verified backup counts as the last good one.",
+    )
+
+    @field_validator("directory", "encryption_key_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value in ("", None) else value
+
+    @field_validator("system_files")
+    @classmethod
+    def _absolute(cls, values: list[str]) -> list[str]:
+        for value in values:
+            path = Path(value)
+            if not path.is_absolute() or ".." in path.parts:
+                raise ValueError(f"system file {value!r} must be an absolute path without '..'")
+        return values
+
+    @property
+    def configured(self) -> bool:
+        return self.directory is not None or self.smb is not None
+
+
 class WebUISettings(Section):
     """`postwall webui serve`: the administration UI (HTTPS only). Read when the UI starts,
     so changes here take effect at its restart; they can only be made in the base file."""
@@ -1336,6 +1452,47 @@ class WebUISettings(Section):
         return self
 
 
+class OpsSettings(Section):
+    """`postwall upgrade` and the maintenance window of upgrades and restores (see
+    README, "Upgrades and rollback")."""
+
+    service_manager: Literal["auto", "systemd", "process"] = Field(
+        "auto",
+        description="How services are stopped and started: systemd (systemctl), process "
+        "(plain processes with pid files in data_dir/run, for hosts and containers "
+        "without systemd) or auto (systemd when it runs as PID 1).",
+    )
+    serve_workers: int | None = Field(
+        None, ge=1, le=64,
+        description="--workers for `postwall serve` under the process manager (default: "
+        "one per core); systemd takes it from the unit.",
+    )
+    keep_releases: int = Field(
+        3, ge=2, le=50,
+        description="Releases kept in /opt/postwall/releases after an upgrade (the current "
+        "and the previous one are never removed).",
+    )
+    health_timeout: float = Field(
+        60.0, gt=0, le=600,
+        description="Seconds the health gate after a restart may take in all before the "
+        "upgrade (or restore) counts as failed and is rolled back.",
+    )
+    drain_timeout: float = Field(
+        30.0, gt=0, le=600,
+        description="Seconds the maintenance window waits for messages in flight to "
+        "finish before it stops the services anyway.",
+    )
+    pip_args: list[str] = Field(
+        default_factory=list,
+        description="Extra arguments for pip when a release is installed, e.g. "
+        "['--index-url', 'https://pypi.internal.example/simple'].",
+    )
+    compile_bytecode: bool = Field(
+        True, description="Compile a new release's Python files at install (the service "
+        "user cannot write them later, so every start would compile them again).",
+    )
+
+
 class Config(Section):
     listen: ListenSettings = Field(default_factory=ListenSettings)
     relay_networks: list[str] = Field(
@@ -1366,6 +1523,8 @@ class Config(Section):
     block_reports: BlockReportSettings = Field(default_factory=BlockReportSettings)
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
     webui: WebUISettings = Field(default_factory=WebUISettings)
+    backup: BackupSettings = Field(default_factory=BackupSettings)
+    ops: OpsSettings = Field(default_factory=OpsSettings)
 
     @field_validator("relay_networks")
     @classmethod
