@@ -494,6 +494,44 @@ def status(config_path: Path) -> None:
     sys.exit(1 if overall(results) is State.FAIL else 0)
 
 
+@main.command()
+@config_option
+@click.option("--to", "version", metavar="VERSION", help="Install postwall==VERSION (pip).")
+@click.option("--wheel", type=click.Path(path_type=Path, dir_okay=False),
+              help="Install this wheel (postwall-VERSION-py3-none-any.whl).")
+@click.option("--rollback", is_flag=True, help="Go back to the previous release.")
+@click.option("--keep", type=click.IntRange(2, 50), default=None,
+              help="Releases to keep (default: ops.keep_releases).")
+@click.option("--home", type=click.Path(path_type=Path, file_okay=False),
+              default=Path("/opt/postwall"), show_default=True, help="The install root.")
+@click.option("--no-backup", is_flag=True, help="Skip the backup taken first.")
+def upgrade(config_path: Path, version: str | None, wheel: Path | None, rollback: bool,
+            keep: int | None, home: Path, no_backup: bool) -> None:
+    """Install a new release and switch to it mail-safely; roll back on any failure."""
+    from appliance.ops.releases import ReleaseError
+    from appliance.ops.upgrade import UpgradeError, Upgrader
+
+    if sum(x is not None and x is not False for x in (version, wheel, rollback or None)) != 1:
+        raise click.UsageError("give exactly one of --to VERSION, --wheel FILE, --rollback")
+    loaded = load_or_exit(config_path)
+    upgrader = Upgrader(loaded.config, config_path, home,
+                        progress=lambda line: click.echo(line, err=True))
+    try:
+        if rollback:
+            result = upgrader.rollback()
+        else:
+            result = upgrader.upgrade(version=version, wheel=wheel, keep=keep,
+                                      backup=not no_backup)
+    except (UpgradeError, ReleaseError) as exc:
+        click.echo(f"upgrade failed: {exc}", err=True)
+        sys.exit(1)
+    window = result.window
+    held = f", {window.seconds:.1f}s in maintenance" if window is not None else ""
+    removed = f", removed {', '.join(result.removed)}" if result.removed else ""
+    click.echo(f"{'rolled back' if rollback else 'upgraded'} {result.old} -> {result.new} "
+               f"in {result.seconds:.1f}s{held}{removed}")
+
+
 def _add_webui_commands() -> None:
     from webui.cli import webui  # the web UI's commands live with the web UI
 

@@ -8,6 +8,10 @@ JSON object per line in each direction, one request per connection:
                                 "config": "<fingerprint>", "draining": false}
     {"command": "sessions"} -> {"ok": true, "worker": 0, "sessions": [{...}, ...]}
     {"command": "reload"}   -> {"ok": true, "supervisor": 120}
+    {"command": "maintenance", "state": "on"|"off"}
+                            -> {"ok": true, "worker": 0, "maintenance": true, "closed": 3}
+    {"command": "listeners"} -> {"ok": true, "worker": 0, "listeners": ["127.0.0.1:25"]}
+                               with the listening sockets attached (SCM_RIGHTS)
     anything else           -> {"ok": false, "error": "..."}
 
 A reload is SIGHUP to the supervisor (its pid is in ``run/serve.lock``): it validates the
@@ -29,6 +33,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,7 +51,7 @@ LOCK_NAME = "serve.lock"
 MAX_REQUEST_BYTES = 4096
 MAX_REPLY_BYTES = 8 * 1024 * 1024  # thousands of sessions still fit
 REQUEST_TIMEOUT = 5.0
-COMMANDS = ("status", "sessions", "reload")
+COMMANDS = ("status", "sessions", "reload", "maintenance", "listeners")
 
 
 def control_dir(data_dir: Path) -> Path:
@@ -131,6 +136,9 @@ class ControlServer:
         self.data_dir = Path(runtime.config.data_dir)
         self.path = socket_path(self.data_dir, worker)
         self._server: asyncio.AbstractServer | None = None
+        # The worker's listening sockets, handed to the maintenance window's holding
+        # responder so that it answers on the very same sockets (no gap, no uid rules).
+        self.listening_sockets: Callable[[], list[socket.socket]] = list
 
     async def start(self) -> None:
         directory = self.path.parent
@@ -160,6 +168,9 @@ class ControlServer:
                 async with asyncio.timeout(REQUEST_TIMEOUT):
                     line = await reader.readline()
                 reply = self.handle(line)
+                if reply.pop("_send_listeners", False):
+                    self._send_with_listeners(writer, reply)
+                    return
             except (TimeoutError, ValueError, asyncio.LimitOverrunError):
                 reply = {"ok": False, "error": "request too long, incomplete or too slow"}
             writer.write(json.dumps(reply, separators=(",", ":")).encode() + b"\n")
@@ -181,10 +192,32 @@ class ControlServer:
         command = request["command"]
         if command == "status":
             return self.status()
+        if command == "maintenance":
+            state = request.get("state")
+            if state not in ("on", "off"):
+                return {"ok": False, "error": "maintenance needs \"state\": \"on\" or \"off\""}
+            closed = self.runtime.set_maintenance(state == "on")
+            return {"ok": True, "worker": self.worker, "maintenance": state == "on",
+                    "closed": closed}
+        if command == "listeners":
+            return {"ok": True, "worker": self.worker, "_send_listeners": True}
         if command == "sessions":
             sessions = [describe_session(s) for s in list(self.runtime.sessions)]
             return {"ok": True, "worker": self.worker, "sessions": sessions}
         return self.reload()
+
+    def _send_with_listeners(
+        self, writer: asyncio.StreamWriter, reply: dict[str, Any]
+    ) -> None:
+        sockets = self.listening_sockets()
+        reply["listeners"] = [_address_text(s.getsockname()) for s in sockets]
+        payload = json.dumps(reply, separators=(",", ":")).encode() + b"\n"
+        transport_socket = writer.get_extra_info("socket")
+        # asyncio's transport socket offers no sendmsg: send on a duplicate of its fd.
+        with socket.socket(fileno=os.dup(transport_socket.fileno())) as channel:
+            channel.setblocking(True)
+            channel.settimeout(REQUEST_TIMEOUT)
+            socket.send_fds(channel, [payload], [s.fileno() for s in sockets])
 
     def status(self) -> dict[str, Any]:
         runtime = self.runtime
@@ -195,6 +228,7 @@ class ControlServer:
             "sessions": len(runtime.sessions),
             "config": config_fingerprint(runtime.config),
             "draining": runtime.draining,
+            "maintenance": runtime.maintenance,
         }
 
     def reload(self) -> dict[str, Any]:
@@ -205,6 +239,11 @@ class ControlServer:
         os.kill(pid, signal.SIGHUP)
         log.info("reload requested over the control socket (worker %d)", self.worker)
         return {"ok": True, "supervisor": pid}
+
+
+def _address_text(address: Any) -> str:
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 # -- the client's side ---------------------------------------------------------------
@@ -261,11 +300,11 @@ class ControlClient:
 
         return sorted(paths, key=index)
 
-    def request(self, path: Path, command: str) -> dict[str, Any]:
+    def request(self, path: Path, command: str, **arguments: Any) -> dict[str, Any]:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(self.timeout)
             sock.connect(str(path))
-            sock.sendall(json.dumps({"command": command}).encode() + b"\n")
+            sock.sendall(json.dumps({"command": command, **arguments}).encode() + b"\n")
             chunks: list[bytes] = []
             size = 0
             while True:
@@ -347,6 +386,45 @@ class ControlClient:
                 return int(reply["supervisor"])
             errors.append(f"{path.name}: {reply.get('error')}")
         raise ControlError("; ".join(errors) or "the proxy is not running (no control socket)")
+
+    def set_maintenance(self, on: bool) -> list[dict[str, Any]]:
+        """Tell every worker to refuse new sessions with 421 and messages with 451 (on),
+        or to serve again (off); returns the answers of the workers that were reached."""
+        replies = []
+        for path in self.sockets():
+            try:
+                reply = self.request(path, "maintenance", state="on" if on else "off")
+            except (OSError, ControlError) as exc:
+                log.debug("control socket %s: %s", path, exc)
+                continue
+            if reply.get("ok"):
+                replies.append(reply)
+        return replies
+
+    def take_listeners(self) -> list[tuple[int, list[socket.socket]]]:
+        """Duplicates of every worker's listening sockets, as (worker, sockets)."""
+        taken = []
+        for path in self.sockets():
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                    sock.settimeout(self.timeout)
+                    sock.connect(str(path))
+                    sock.sendall(b'{"command":"listeners"}\n')
+                    message, fds, _flags, _addr = socket.recv_fds(sock, 65536, 64)
+            except OSError as exc:
+                log.debug("control socket %s: %s", path, exc)
+                continue
+            sockets = [socket.socket(fileno=fd) for fd in fds]
+            try:
+                reply = json.loads(message)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                reply = {}
+            if not reply.get("ok"):
+                for s in sockets:
+                    s.close()
+                continue
+            taken.append((int(reply.get("worker", -1)), sockets))
+        return taken
 
     def wait_for_config(self, fingerprint: str, timeout: float = 15.0) -> list[WorkerStatus]:
         """Poll until every answering worker runs the configuration `fingerprint`;

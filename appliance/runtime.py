@@ -20,6 +20,7 @@ from appliance.dns import Resolver
 from appliance.filters.clamav import is_virus
 from appliance.filters.registry import build_filters, declared_symbols, is_red
 from appliance.learning_loop import LearningLoop
+from appliance.ops import probe
 from appliance.pipeline import Pipeline
 from appliance.services import ListRegistry, Services
 from appliance.smtp import replies
@@ -58,6 +59,8 @@ class Runtime:
         self.sessions: set[PostwallSMTP] = set()
         self.counts = counts if counts is not None else ConnectionCounts()
         self.draining = False
+        # Upgrades and restores: new sessions get 421, messages 451 (appliance/ops).
+        self.maintenance = False
         self._sessions_changed = asyncio.Event()
         self.log_writer = (
             MessageLogWriter(storage.messagelog) if storage is not None and record else None
@@ -104,6 +107,7 @@ class Runtime:
         self._local_suffixes = suffixes
         self._relay_nets = relay_nets
         self.learning.configure(config, services)
+        self.health_token = probe.read_token(config.data_dir)
         if hasattr(self, "pool"):
             # Idle connections may lead to an old downstream: new transactions reconnect.
             self.pool.drop_idle()
@@ -195,6 +199,8 @@ class Runtime:
         metrics.ACTIVE_SESSIONS.labels(server.listener.value).dec()
 
     def admission(self, server: PostwallSMTP) -> Reply | None:
+        if self.maintenance:
+            return self.maintenance_reply()
         if self.draining:
             return replies.SHUTTING_DOWN
         exceeded = server.limit_exceeded
@@ -204,6 +210,25 @@ class Runtime:
         if exceeded == "max_connections":
             return replies.TOO_MANY_CONNECTIONS
         return replies.TOO_MANY_FROM_IP
+
+    def maintenance_reply(self) -> Reply:
+        return replies.maintenance_closing(self.config.smtp.hostname)
+
+    def set_maintenance(self, on: bool) -> int:
+        """Maintenance on: new sessions are refused with 421, a message whose end of data
+        arrives gets 451, and every session is closed with 421 as soon as no message of
+        it is being judged or relayed (nothing accepted is lost, nothing half-accepted).
+        Returns how many sessions were closed at once."""
+        self.maintenance = on
+        if not on:
+            return 0
+        closed = 0
+        for session in list(self.sessions):
+            if session.close_for_maintenance():
+                closed += 1
+        log.info("maintenance on (worker %d): %d idle session(s) closed, %d finishing",
+                 self.worker, closed, len(self.sessions) - closed)
+        return closed
 
     def is_relay_client(self, ip: IPAddress) -> bool:
         return any(ip in net for net in self._relay_nets)

@@ -6,12 +6,14 @@ itself, and a recipient enters the envelope only after Postfix accepted it too."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import TYPE_CHECKING
 
 from appliance import actions
 from appliance.context import ConnectionContext, RecipientContext, TransactionContext
+from appliance.ops import probe
 from appliance.smtp import replies
 from appliance.smtp.client import CONTROL_RE
 from appliance.smtp.downstream import DownstreamError, DownstreamTransaction
@@ -315,6 +317,8 @@ class Handler:
             await asyncio.to_thread(getattr, tx, "message")
         await runtime.pipeline.run(Stage.DATA, tx)
         outcome = actions.decide(tx, config, runtime.declared)
+        if probe.is_probe(tx.content, tx.connection.peer_ip, runtime.health_token):
+            return await self._answer_probe(tx, downstream, outcome)
         kept = None
         if inbound:
             kept = await runtime.keep_copy(tx, outcome.action)
@@ -344,6 +348,23 @@ class Handler:
         if reply.is_success and not inbound:
             runtime.learn_outgoing(tx)
         return reply, outcome, str(reply), kept
+
+    async def _answer_probe(
+        self, tx: TransactionContext, downstream: DownstreamTransaction | None,
+        outcome: actions.Outcome,
+    ) -> tuple[Reply, actions.Outcome, str | None, str | None]:
+        """The health gate's message (appliance/ops/probe.py): judged like any other,
+        never delivered nor kept; Postfix's side of it is reset."""
+        if downstream is None or downstream.recipients != tx.rcpt_tos:
+            if downstream is not None:
+                await downstream.abort()
+            return replies.DOWNSTREAM_FAILED, outcome, None, None
+        await downstream.abort()
+        reply = replies.health_check_passed(outcome.action.label, outcome.total)
+        logged = dataclasses.replace(
+            outcome, reason=f"health check, not delivered ({outcome.reason})"
+        )
+        return reply, logged, None, None
 
     async def handle_RSET(
         self, server: PostwallSMTP, session: PostwallSession, envelope: Envelope

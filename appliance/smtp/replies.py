@@ -32,3 +32,15 @@ BAD_RECIPIENT_SYNTAX = Reply(553, "5.1.3", "Invalid recipient address")
 BAD_SENDER_SYNTAX = Reply(553, "5.1.7", "Invalid sender address")
 NEEDS_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address without SMTPUTF8 (RFC 6531)")
 DISCARDED = Reply(250, "2.0.0", "OK")
+# Maintenance (upgrade, restore): senders retry later; nothing is accepted meanwhile.
+MAINTENANCE_DATA = Reply(451, "4.3.2", "Service temporarily unavailable, try again later")
+
+
+def maintenance_closing(hostname: str) -> Reply:
+    return Reply(421, "4.3.2", f"{hostname} Service temporarily unavailable, try again later")
+
+
+def health_check_passed(action: str, score: float) -> Reply:
+    """The answer to the health gate's probe message, which is judged but not delivered."""
+    return Reply(250, "2.0.0", f"Health check passed (action={action} score={score:g}), "
+                 "not delivered")

@@ -94,6 +94,7 @@ async def serve_worker(
     from appliance.control import ControlServer
 
     control = ControlServer(runtime, index)  # live sessions and reloads for the web UI
+    control.listening_sockets = lambda: [sock for srv in servers for sock in srv.sockets]
     try:
         await control.start()
     except OSError as exc:

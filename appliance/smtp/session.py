@@ -140,6 +140,7 @@ class PostwallSMTP(SMTP):
         }
         self._lingering = False
         self._in_data = False
+        self._judging = False  # a received message is being judged and relayed
         self.runtime = runtime
         self.listener = listener
         self.peer_ip_text = ""
@@ -230,6 +231,15 @@ class PostwallSMTP(SMTP):
         else:  # TLS cannot half-close
             transport.close()
 
+    def close_for_maintenance(self) -> bool:
+        """Close with 421 now unless a message is being received or judged (that one
+        gets its answer first: 451 at its end of data, or the judged reply). True if
+        the session was closed now."""
+        if self._in_data or self._judging:
+            return False
+        self.close_with(self.runtime.maintenance_reply())
+        return True
+
     def data_received(self, data: bytes) -> None:
         if self._lingering:
             return
@@ -254,6 +264,9 @@ class PostwallSMTP(SMTP):
     def _counting(self, method: Any) -> Any:
         @functools.wraps(method)  # keeps aiosmtpd's syntax attributes for HELP
         async def counted(arg: str | None) -> None:
+            if self.runtime.maintenance and method.__name__ != "smtp_DATA":
+                self.close_with(self.runtime.maintenance_reply())
+                return
             self.session.commands += 1
             if self.session.commands > self.runtime.config.limits.max_commands:
                 self.close_with(replies.TOO_MANY_COMMANDS)
@@ -375,6 +388,13 @@ class PostwallSMTP(SMTP):
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
             return
+        if self.runtime.maintenance:
+            await self.event_handler.abort_transaction(
+                self, "maintenance", replies.MAINTENANCE_DATA
+            )
+            await self.push(str(replies.MAINTENANCE_DATA))
+            self.close_with(self.runtime.maintenance_reply())
+            return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         limits = self.runtime.config.limits
         self._in_data = True
@@ -384,6 +404,8 @@ class PostwallSMTP(SMTP):
             # The client vanished mid-DATA; connection_lost logs the transaction.
             self.session.tx_aborted_in_data = True
             raise
+        if self.runtime.maintenance:
+            self.close_with(self.runtime.maintenance_reply())
 
     async def _receive_data(self, limits: Any) -> None:
         try:
@@ -397,6 +419,8 @@ class PostwallSMTP(SMTP):
                     self.transport.close()
                 return
             content = self._check_and_unstuff(raw)
+            if self.runtime.maintenance:
+                raise DataError(replies.MAINTENANCE_DATA)
         except TimeoutError:
             await self.event_handler.abort_transaction(
                 self, "data timeout", replies.DATA_TIMEOUT
@@ -412,7 +436,11 @@ class PostwallSMTP(SMTP):
             self._in_data = False
         self.envelope.content = content
         self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
+        self._judging = True
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            self._judging = False
         self._set_post_data_state()
         await self.push(status)
 

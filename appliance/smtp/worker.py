@@ -37,6 +37,9 @@ def preflight(config_path: str) -> int:
 
         Runtime(loaded, None, record=False)  # builds every filter: catches bad rules now
         Storage.open(config.data_dir).close()  # migrate once, before any worker opens it
+        from appliance.ops.probe import ensure_token
+
+        ensure_token(config.data_dir)  # lets the upgrade's health gate be recognised
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

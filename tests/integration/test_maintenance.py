@@ -1,0 +1,146 @@
+"""The maintenance window against a real proxy (run by the plain-process service manager)
+and the test Postfix: 421 for new sessions, 451 for a message in flight, a holding
+responder while the proxy is down, mail flowing again afterwards."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from appliance.config import loader
+from appliance.ops.maintenance import MaintenanceWindow
+from appliance.ops.services import PROXY, ProcessServices
+from tests.support.releases import PortWatch, SenderLoop
+from tests.support.services import wait_for_smtp, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+OPS = {"ops": {"service_manager": "process", "serve_workers": 1, "health_timeout": 30,
+               "drain_timeout": 10}}
+
+
+class Raw:
+    """A hand-driven SMTP client: the test decides when each line is sent."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.sock = socket.create_connection((host, port), timeout=15)
+        self.buffer = b""
+
+    def reply(self) -> str:
+        lines = []
+        while True:
+            while b"\r\n" not in self.buffer:
+                chunk = self.sock.recv(4096)
+                if not chunk:
+                    return "\n".join(lines) or "(closed)"
+                self.buffer += chunk
+            line, _, self.buffer = self.buffer.partition(b"\r\n")
+            lines.append(line.decode())
+            if line[3:4] != b"-":
+                return "\n".join(lines)
+
+    def command(self, line: str) -> str:
+        self.sock.sendall(line.encode() + b"\r\n")
+        return self.reply()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def managed_proxy(proxy_factory, tmp_path):
+    proxy = proxy_factory(OPS, start=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "current").symlink_to(REPO / ".venv")  # current/bin/postwall: this work tree
+    config = loader.load(proxy.config_path).config
+    services = ProcessServices(config, proxy.config_path, home)
+    services.start(PROXY)
+    host, port = proxy.inbound
+    wait_for_smtp(host, port, timeout=20, any_greeting=True)
+    yield proxy, config, services, home
+    services.stop(PROXY, timeout=15)
+
+
+def test_maintenance_refuses_new_sessions_defers_data_and_mail_flows_after(
+    managed_proxy, recorded
+):
+    proxy, config, services, home = managed_proxy
+    host, port = proxy.inbound
+    in_data = Raw(host, port)
+    assert in_data.reply().startswith("220")
+    in_data.command("EHLO a.example.org")
+    assert in_data.command("MAIL FROM:<a@example.org>").startswith("250")
+    assert in_data.command("RCPT TO:<user@example.com>").startswith("250")
+    assert in_data.command("DATA").startswith("354")
+    in_data.sock.sendall(b"Subject: in flight during maintenance\r\n\r\nbody\r\n")
+    idle = Raw(host, port)
+    assert idle.reply().startswith("220")
+    assert idle.command("EHLO b.example.org").startswith("250")
+
+    window = MaintenanceWindow(config, "upgrade", services=services, home=home)
+    entered, leave = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+
+    def hold() -> None:
+        try:
+            with window:
+                entered.set()
+                leave.wait(60)
+        except BaseException as exc:
+            failures.append(exc)
+            entered.set()
+
+    with PortWatch(host, port) as watch:
+        thread = threading.Thread(target=hold)
+        thread.start()
+        # The idle session is closed with 421 at once.
+        assert idle.reply().startswith("421 4.3.2"), "idle session not closed with 421"
+        # A new session is refused with 421 (by the proxy or the holding responder).
+        fresh = Raw(host, port)
+        assert fresh.reply().startswith("421 4.3.2")
+        fresh.close()
+        # The message in flight gets 451 at its end of data: the sender keeps it.
+        assert in_data.command(".").startswith("451 4.3.2")
+        assert entered.wait(30) and not failures, failures
+        assert not services.is_running(PROXY)
+        held = Raw(host, port)
+        greeting = held.reply()
+        assert greeting == (f"421 4.3.2 {config.smtp.hostname} Service temporarily "
+                            "unavailable, try again later")
+        held.close()
+        leave.set()
+        thread.join(60)
+    assert not failures, failures
+    assert services.is_running(PROXY)
+    assert window.report.gate is not None and window.report.answered_by_holder >= 1
+    print(f"\nmaintenance window {window.report.seconds:.2f}s; port refused "
+          f"{watch.refused_seconds:.3f}s in all over {watch.probes} probes "
+          f"(longest {watch.longest_gap:.3f}s); gate {window.report.gate.seconds:.2f}s")
+    assert watch.refused_seconds < 0.5
+
+    with SenderLoop(host, port, "after") as sender:
+        assert wait_until(lambda: len(sender.accepted) >= 2, 20)
+    got = recorded.wait_for(len(sender.accepted), timeout=20)
+    assert not [m for m in got if b"in flight during maintenance" in m.content]
+    # The health probe was judged but never delivered.
+    assert not [m for m in recorded.messages() if b"Postwall health check" in m.content]
+
+
+def test_mail_sent_through_a_window_is_delivered_exactly_once(managed_proxy, recorded):
+    proxy, config, services, home = managed_proxy
+    host, port = proxy.inbound
+    with SenderLoop(host, port, "through") as sender:
+        assert wait_until(lambda: len(sender.accepted) >= 3, 20)
+        with MaintenanceWindow(config, "restore", services=services, home=home):
+            time.sleep(1.0)
+        count = len(sender.accepted)
+        assert wait_until(lambda: len(sender.accepted) >= count + 3, 30)
+    assert not sender.permanent_failures
+    assert sender.temporary_failures >= 1  # it did meet the window
+    messages = recorded.wait_for(len(sender.accepted), timeout=30)
+    subjects = sorted(m.message["Subject"] for m in messages)
+    assert subjects == sorted(sender.accepted), "lost or duplicated mail"
