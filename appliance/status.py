@@ -237,8 +237,35 @@ def check_disk(config: Config) -> Outcome:
     return Outcome(state, summary, str(path))
 
 
+BACKUP_WARN_HOURS = 26.0  # a nightly backup plus slack for a slow night
+BACKUP_FAIL_HOURS = 72.0
+
+
 def check_backup(config: Config) -> Outcome:
-    return Outcome(State.UNKNOWN, "backups are not set up in this version")
+    from datetime import UTC, datetime
+
+    from appliance.backup.state import read_state
+
+    settings = getattr(config, "backup", None)
+    if settings is None or not settings.configured:
+        return Outcome(State.UNKNOWN, "backups are not configured (backup.directory/smb)")
+    state = read_state(config.data_dir)
+    verified = state.verified_at()
+    if verified is None:
+        if state.last_result == "failed":
+            return Outcome(State.FAIL, f"no verified backup; the last run failed: "
+                           f"{state.last_error}")
+        return Outcome(State.WARN, "no verified backup yet: run `postwall backup`")
+    hours = (datetime.now(UTC) - verified).total_seconds() / 3600
+    age = f"{hours:.1f} h ago" if hours < 48 else f"{hours / 24:.1f} days ago"
+    summary = f"{state.last_verified_name} verified {age}"
+    if state.last_result == "failed":
+        return Outcome(State.FAIL, f"the last run failed ({state.last_error}); {summary}")
+    if hours >= BACKUP_FAIL_HOURS:
+        return Outcome(State.FAIL, summary)
+    if hours >= BACKUP_WARN_HOURS:
+        return Outcome(State.WARN, summary)
+    return Outcome(State.OK, summary, ", ".join(state.targets))
 
 
 CHECKS: tuple[Check, ...] = (  # cheap and local first

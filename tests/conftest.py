@@ -24,6 +24,7 @@ if str(_REPO_ROOT) not in sys.path:
 
 from tests.support.clamd import ClamdInstance, clamd_unavailable_reason  # noqa: E402
 from tests.support.dns_server import NSD_BIN, AuthoritativeDNS  # noqa: E402
+from tests.support.samba import SambaServer, samba_unavailable_reason  # noqa: E402
 from tests.support.services import (  # noqa: E402
     POSTFIX_BIN,
     PostfixInstance,
@@ -162,6 +163,24 @@ def clamd() -> Iterator[ClamdInstance]:
         pytest.fail(f"could not start clamd: {exc}", pytrace=False)
     yield instance
     instance.cleanup()
+
+
+@pytest.fixture(scope="session")
+def samba() -> Iterator[SambaServer]:
+    """A real smbd on a free loopback port with the share "Appliance Backups" (a name
+    with a space) for the user `samba.user` / `samba.password` (tests/support/samba.py).
+    Tests empty the share themselves (`samba.clear()`)."""
+    reason = samba_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    server = SambaServer()
+    try:
+        server.start()
+    except ServiceError as exc:
+        server.cleanup()
+        pytest.fail(f"could not start smbd: {exc}", pytrace=False)
+    yield server
+    server.cleanup()
 
 
 def _ensure_services_running(session: pytest.Session) -> None:

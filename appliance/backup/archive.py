@@ -98,8 +98,8 @@ def unpack(archive: Path, target: Path) -> Manifest:
             missing = listed - set(names[1:])
             if missing:
                 raise BackupError(
-                    f"{archive.name}: {len(missing)} file(s) of the manifest are missing, "
-                    f"e.g. {sorted(missing)[0]}"
+                    f"{archive.name} is truncated or corrupted: {len(missing)} file(s) of "
+                    f"the manifest are missing, e.g. {sorted(missing)[0]}"
                 )
             tar.extractall(target, members=members[1:], filter="data")
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:

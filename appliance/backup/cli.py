@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import socket
 import sys
 from datetime import datetime
@@ -14,6 +15,7 @@ import click
 from appliance.backup.errors import BackupError
 
 DEFAULT_CONFIG = Path("/etc/postwall/postwall.yml")
+DEFAULT_HOME = Path("/opt/postwall")
 
 config_option = click.option(
     "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
@@ -116,10 +118,12 @@ def backup_keygen(key_file: Path) -> None:
               help="Key file for an encrypted backup (default: backup.encryption_key_file).")
 @click.option("--host", default=None, help="With --latest: the host whose backup to take "
               "(default: this host's name).")
+@click.option("--home", type=click.Path(path_type=Path, file_okay=False), default=DEFAULT_HOME,
+              show_default=True, help="Install root (releases/, current/) of the services.")
 @click.pass_context
 def restore(ctx: click.Context, config_path: Path, source: str | None, latest: bool,
             list_only: bool, dry_run: bool, only: str | None, key_file: Path | None,
-            host: str | None) -> None:
+            host: str | None, home: Path) -> None:
     """Restore a backup: SOURCE is a backup file's path or a backup's name on a target.
 
     Every hash is checked before anything changes. Services are stopped in a maintenance
@@ -155,12 +159,16 @@ def restore(ctx: click.Context, config_path: Path, source: str | None, latest: b
                     click.echo(f"dry run: {archive.name} is complete and intact; nothing changed")
                     return
                 restoring.apply_with_window(plan, config, work / "rollback",
-                                            window=restoring.default_window,
+                                            window=restoring.maintenance_window(
+                                                config_path, home, _progress),
                                             progress=_progress)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
     except BackupError as exc:
         click.echo(f"restore FAILED: {exc}", err=True)
+        sys.exit(1)
+    except (OSError, sqlite3.Error) as exc:
+        click.echo(f"restore FAILED: {type(exc).__name__}: {exc}", err=True)
         sys.exit(1)
     click.echo(f"restored {archive.name} ({', '.join(components)})")
 

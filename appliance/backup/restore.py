@@ -22,7 +22,7 @@ import contextlib
 import os
 import shutil
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -260,6 +260,7 @@ class Rollback:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
         self.saved: list[tuple[Path, Path]] = []  # (original location, copy)
         self.created: list[Path] = []
         self.database: tuple[Path, Path] | None = None
@@ -346,7 +347,7 @@ def copy_tables(backup_db: Path, live_db: Path, tables: list[str]) -> None:
     from appliance.storage.facade import Storage
 
     Storage.open(live_db.parent).close()  # create/migrate to this version's schema
-    conn = sqlite3.connect(live_db, isolation_level=None, timeout=30)
+    conn = sqlite3.connect(f"file:{live_db}", uri=True, isolation_level=None, timeout=30)
     try:
         conn.execute("PRAGMA foreign_keys = OFF")
         conn.execute("ATTACH DATABASE ? AS backup", (f"file:{backup_db}?mode=ro",))
@@ -374,15 +375,16 @@ def copy_tables(backup_db: Path, live_db: Path, tables: list[str]) -> None:
         conn.close()
 
 
-@contextlib.contextmanager
-def _no_window(_config: Config) -> Iterator[None]:
-    yield
+def maintenance_window(config_path: Path, home: Path, progress: Progress) -> WindowFactory:
+    """The upgrade's mail-safe window (appliance/ops/maintenance.py) for this appliance."""
 
+    def factory(config: Config) -> contextlib.AbstractContextManager[Any]:
+        from appliance.ops.maintenance import MaintenanceWindow
 
-def default_window(config: Config) -> contextlib.AbstractContextManager[Any]:
-    from appliance.ops.maintenance import MaintenanceWindow
+        return MaintenanceWindow(config, reason="restore", config_path=config_path,
+                                 home=home, progress=progress)
 
-    return MaintenanceWindow(config, reason="restore")
+    return factory
 
 
 def apply_with_window(plan: RestorePlan, config: Config, rollback_dir: Path, *,

@@ -35,6 +35,7 @@ class VerifyReport:
 def open_backup(archive: Path, scratch: Path, key: bytes | None) -> tuple[Manifest, Path]:
     """Unpack `archive` into scratch/tree after checking every hash; returns the manifest
     and the tree. Nothing outside `scratch` is written."""
+    scratch.mkdir(parents=True, exist_ok=True)
     try:
         encrypted = is_encrypted(archive)
     except OSError as exc:
@@ -58,7 +59,7 @@ def open_backup(archive: Path, scratch: Path, key: bytes | None) -> tuple[Manife
         size = path.stat().st_size
         if size != entry.size:
             raise BackupError(f"{archive.name}: {entry.path} has {size} octets, the manifest "
-                              f"says {entry.size}")
+                              f"says {entry.size}: the backup is corrupted")
         if sha256_file(path) != entry.sha256:
             raise BackupError(f"{archive.name}: {entry.path} does not match its SHA-256 in the "
                               "manifest: the backup is corrupted")
