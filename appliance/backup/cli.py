@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import shutil
-import sqlite3
 import socket
+import sqlite3
 import sys
 from datetime import datetime
 from pathlib import Path

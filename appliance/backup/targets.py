@@ -208,8 +208,8 @@ class SMBTarget(Target):
         except (SMBException, OSError, ValueError) as exc:
             raise BackupError(f"{self.label}: {action} failed: {exc}") from exc
 
-    def _logon_error(self) -> BackupError:
-        login = self._credentials.login if self._credentials else "?"
+    def _logon_error(self, login: str | None = None) -> BackupError:
+        login = login or (self._credentials.login if self._credentials else "?")
         return BackupError(
             f"{self.label}: logon as {login!r} refused: wrong user name or password in "
             f"{self.settings.credentials_file}"
@@ -230,7 +230,7 @@ class SMBTarget(Target):
             )
         except LogonFailure:
             self._credentials = None
-            raise self._logon_error() from None
+            raise self._logon_error(credentials.login) from None
         except (SMBException, OSError, ValueError) as exc:
             self._credentials = None
             raise BackupError(

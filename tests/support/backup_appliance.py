@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from appliance.config import loader
 from appliance.ops.services import PROXY, ProcessServices
 from appliance.storage.facade import Storage
@@ -88,6 +90,20 @@ class Appliance:
         self.config_path, self.data_dir, self.home, self.backups = (
             config_path, data_dir, home, backups)
         self.config = config
+
+    def set_backup(self, **changes: Any) -> None:
+        """Change backup settings in the configuration file ('' removes a setting)."""
+        document = yaml.safe_load(self.config_path.read_text())
+        section = document.setdefault("backup", {})
+        for key, value in changes.items():
+            if isinstance(value, dict) and isinstance(section.get(key), dict):
+                section[key].update(value)
+            elif value == "":
+                section.pop(key, None)
+            else:
+                section[key] = value
+        self.config_path.write_text(yaml.safe_dump(document))
+        self.config = document
 
     def backup(self, *extra: str) -> subprocess.CompletedProcess[str]:
         return run_cli("backup", "--config", str(self.config_path), *extra)

@@ -200,6 +200,12 @@ class SambaServer:
             os.chown(path, account.pw_uid, account.pw_gid)
         return path
 
+    def give(self, path: Path) -> None:
+        """Make a file put on the share's disk by a test belong to the share's user, as
+        if it had been uploaded (Samba refuses to delete a file its user cannot write)."""
+        account = pwd.getpwnam(self.user)
+        os.chown(path, account.pw_uid, account.pw_gid)
+
     def clear(self) -> None:
         """Empty the share (between tests)."""
         for entry in self.share_dir.iterdir():
