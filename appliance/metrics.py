@@ -5,6 +5,8 @@ The supervisor sets PROMETHEUS_MULTIPROC_DIR before this module is first importe
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client import Counter, Gauge, Histogram
 
 CONNECTIONS = Counter(
@@ -38,8 +40,9 @@ DNSBL_ZONE_SUSPENDED = Gauge(
 )
 
 
-def serve(listen: str) -> None:
-    """Start the metrics HTTP endpoint in the supervisor (a daemon thread)."""
+def serve(listen: str, data_dir: Path | None = None) -> None:
+    """Start the metrics HTTP endpoint in the supervisor (a daemon thread). With
+    `data_dir`, the age of the last verified backup is read from it at each scrape."""
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -48,4 +51,8 @@ def serve(listen: str) -> None:
     host, port = parse_hostport(listen)
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
+    if data_dir is not None:
+        from appliance.backup.state import BackupAgeCollector
+
+        registry.register(BackupAgeCollector(data_dir))
     start_http_server(port, addr=host, registry=registry)

@@ -103,7 +103,7 @@ async def serve_worker(
         from appliance import metrics
 
         try:
-            metrics.serve(config.metrics.listen)
+            metrics.serve(config.metrics.listen, config.data_dir)
         except OSError as exc:
             log.error("metrics endpoint %s unavailable: %s", config.metrics.listen, exc)
     await stop.wait()

@@ -8,6 +8,7 @@ import os
 import shutil
 import threading
 import time
+import urllib.request
 
 import pytest
 import yaml
@@ -118,4 +119,11 @@ def test_a_backup_while_mail_flows_is_a_consistent_snapshot(appliance, recorded)
     print(f"backup during mail flow: {len(outcomes)} messages sent, {rows} log rows, "
           f"{archive.stat().st_size} octets, {elapsed:.2f}s")
     assert os.path.getsize(archive) > 0
+    metrics = urllib.request.urlopen(
+        f"http://{appliance.config['metrics']['listen']}/metrics", timeout=5
+    ).read().decode()
+    [age] = [line for line in metrics.splitlines()
+             if line.startswith("postwall_backup_last_verified_age_seconds ")]
+    assert 0 <= float(age.split()[1]) < 120
+    assert "postwall_backup_last_run_failed 0.0" in metrics
 
