@@ -167,3 +167,100 @@ def test_unknown_or_forged_version_is_refused_not_trusted(appliance: Appliance,
         assert response.status_code == 409
         assert "no longer known" in text(response)
     assert overrides(appliance) == {}
+
+
+# -- lists ---------------------------------------------------------------------------------
+
+
+def add_form(client: UIClient, name: str = "whitelist") -> dict[str, str]:
+    return load_form(client, f"/lists/{name}", f"/lists/{name}/add")
+
+
+def test_adding_an_entry_someone_just_added_is_refused(appliance: Appliance,
+                                                       admin: UIClient) -> None:
+    bob = second_admin(appliance)
+    mine, theirs = add_form(admin), add_form(bob)
+    assert "loaded_at" in mine
+    mine.update(value="x@partner.example", comment="admin's reason", days="30")
+    assert admin.post("/lists/whitelist/add", mine).status_code == 302
+    theirs.update(value="X@Partner.example", comment="bob's reason")
+    response = bob.post("/lists/whitelist/add", theirs)
+    assert response.status_code == 409
+    page = text(response)
+    assert re.search(r"<code>x@partner.example</code></td><td>\(not on the list\)</td>"
+                     r"<td>expires [^<]*; admin's reason</td><td>admin at \d{4}-", page), page
+    entry = appliance.storage.lists.get("whitelist", "x@partner.example")
+    assert entry.comment == "admin's reason" and entry.expires_at is not None
+
+
+def test_different_entries_added_at_once_merge(appliance: Appliance, admin: UIClient) -> None:
+    bob = second_admin(appliance)
+    mine, theirs = add_form(admin), add_form(bob)
+    mine["value"] = "a@partner.example"
+    theirs["value"] = "b@partner.example"
+    assert admin.post("/lists/whitelist/add", mine).status_code == 302
+    assert bob.post("/lists/whitelist/add", theirs).status_code == 302
+    values = [e.value for e in appliance.storage.lists.entries("whitelist")]
+    assert values == ["a@partner.example", "b@partner.example"]
+
+
+def test_removing_an_entry_changed_or_removed_meanwhile_is_refused(
+        appliance: Appliance, admin: UIClient) -> None:
+    lists = appliance.storage.lists
+    lists.add("blacklist", "@spam.example", comment="old", source="ui")
+    lists.add("blacklist", "@junk.example", source="ui")
+    bob = second_admin(appliance)
+    remove = load_form(admin, "/lists/blacklist", "/lists/blacklist/remove")
+    assert "loaded_at" in remove
+    # bob changes one entry and removes the other from his own page
+    theirs = add_form(bob, "blacklist")
+    theirs.update(value="@spam.example", comment="still spamming")
+    assert bob.post("/lists/blacklist/add", theirs).status_code == 302
+    assert bob.post("/lists/blacklist/remove", {"value": "@junk.example", **{
+        k: v for k, v in theirs.items() if k in ("loaded_at", "csrf_token")}}).status_code == 302
+
+    response = admin.post("/lists/blacklist/remove", {**remove, "value": "@spam.example"})
+    assert response.status_code == 409
+    assert "still spamming" in text(response) and "bob at" in text(response)
+    assert lists.get("blacklist", "@spam.example") is not None
+    response = admin.post("/lists/blacklist/remove", {**remove, "value": "@junk.example"})
+    assert response.status_code == 409
+    assert re.search(r"<td>on the list</td><td>removed</td><td>bob at \d{4}-", text(response))
+
+
+def test_import_with_one_conflicting_value_imports_nothing(appliance: Appliance,
+                                                           admin: UIClient) -> None:
+    bob = second_admin(appliance)
+    form = load_form(admin, "/lists/ip_deny", "/lists/ip_deny/import")
+    theirs = add_form(bob, "ip_deny")
+    theirs["value"] = "198.51.100.0/24"
+    assert bob.post("/lists/ip_deny/add", theirs).status_code == 302
+    form["import-text"] = "192.0.2.0/24\n198.51.100.0/24 # from the old firewall\n"
+    response = admin.post("/lists/ip_deny/import", form)
+    assert response.status_code == 409
+    assert "198.51.100.0/24" in text(response)
+    assert [e.value for e in appliance.storage.lists.entries("ip_deny")] == ["198.51.100.0/24"]
+
+
+def test_entries_from_files_are_shown_read_only_with_their_file(
+        tmp_path: Any, appliance: Appliance, admin: UIClient) -> None:
+    from tests.webui.conftest import write_config
+
+    white = tmp_path / "white.txt"
+    white.write_text("# partners\n@partner.example\nbroken entry here\n")
+    write_config(appliance.config_path, appliance.data_dir, {"filters": {"address_lists": {
+        "whitelist": [f"file:{white}", "boss@example.com"]}}})
+    page = text(admin.get("/lists/whitelist"))
+    assert f"From the file <code>{white}</code> (read-only: edit the file)" in page
+    assert f"<code>@partner.example</code></td><td>{white}:2</td>" in page
+    assert "goes to the database part of the list" in page
+    assert "<li><code>boss@example.com</code></li>" in page
+    white.chmod(0o666)
+    white.write_text("@other.example\n")
+    import os
+    import time as _time
+    past = _time.time() - 10
+    os.utime(white, (past, past))
+    page = text(admin.get("/lists/whitelist"))
+    assert "writable by every user" in page and "last good contents" in page
+    assert f"<code>@partner.example</code></td><td>{white}:2</td>" in page
