@@ -264,3 +264,27 @@ async def test_regex_filter_uses_pattern_files_and_follows_their_changes(tmp_pat
     assert files.refresh() is True
     verdict = await flt.check(tx("win at the casino, buy pills"))
     assert [(s.score, "/pills/" in s.reason) for s in verdict.symbols] == [(4.5, True)]
+
+
+def test_cli_lists_show_names_the_file_and_line_of_file_entries(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from appliance.cli import main
+
+    white = write(tmp_path / "white.txt", "# partners\n@partner.example\nbad entry\n")
+    config = tmp_path / "postwall.yml"
+    config.write_text(f"data_dir: {tmp_path / 'data'}\nfilters:\n  address_lists:\n"
+                      f"    whitelist: ['file:{white}', boss@example.com]\n")
+    runner = CliRunner()
+    added = runner.invoke(main, ["lists", "add", "--config", str(config), "whitelist",
+                                 "db@example.org"])
+    assert added.exit_code == 0, added.output
+    result = runner.invoke(main, ["lists", "show", "--config", str(config), "whitelist"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "db@example.org\texpires=never\tsource=ui" in lines
+    assert "boss@example.com\texpires=never\tsource=config" in lines
+    assert f"@partner.example\texpires=never\tsource=file:{white}:2" in lines
+    white.unlink()
+    result = runner.invoke(main, ["lists", "show", "--config", str(config), "whitelist"])
+    assert "warning: cannot read" in result.output
