@@ -14,6 +14,7 @@ from appliance import __version__
 
 if TYPE_CHECKING:
     from appliance.config import loader
+    from appliance.config.schema import Config
 
 DEFAULT_CONFIG = Path("/etc/postwall/postwall.yml")
 
@@ -158,7 +159,8 @@ LIST_CHOICE = click.Choice(
 @click.option("--search", help="Only entries whose value or comment contains this text.")
 @click.option("--limit", type=click.IntRange(1, 100000), default=1000, show_default=True)
 def lists_show(config_path: Path, name: str, search: str | None, limit: int) -> None:
-    """Print the entries of list NAME."""
+    """Print the entries of list NAME: the database's, then the configuration's and those
+    of its list files (read-only here: source=file:PATH:LINE; edit the file)."""
     storage = open_storage_or_exit(config_path)
     try:
         for entry in storage.lists.entries(name, search=search, limit=limit):
@@ -169,6 +171,33 @@ def lists_show(config_path: Path, name: str, search: str | None, limit: int) -> 
             click.echo(f"{entry.value}\texpires={expires}\tsource={entry.source}{comment}")
     finally:
         storage.close()
+    _show_config_and_file_entries(load_or_exit(config_path).config, name, search)
+
+
+def _show_config_and_file_entries(config: Config, name: str, search: str | None) -> None:
+    from appliance.listfiles import ListFiles
+    from appliance.services import config_entries, config_files, file_kind, list_file_refs
+
+    def wanted(value: str) -> bool:
+        return not search or search.lower() in value.lower()
+
+    for value in config_entries(config).get(name, []):
+        if wanted(value):
+            click.echo(f"{value}\texpires=never\tsource=config")
+    paths = config_files(config).get(name, [])
+    if not paths:
+        return
+    files = ListFiles(settle_seconds=0)
+    files.watch(r for r in list_file_refs(config) if r[0] in paths)
+    problems = {state.path: state.problem for state in files.states()}
+    for path in paths:
+        if problems.get(path):
+            click.echo(f"warning: {problems[path]}", err=True)
+        loaded = files.get(path, file_kind(name))
+        for value, line in zip(loaded.entries if loaded else (), loaded.lines if loaded else (),
+                               strict=True):
+            if wanted(value):
+                click.echo(f"{value}\texpires=never\tsource=file:{path}:{line}")
 
 
 @lists.command("add")

@@ -21,8 +21,9 @@ from appliance.filters.clamav import is_virus
 from appliance.filters.registry import build_filters, declared_symbols, is_red
 from appliance.learning_loop import LearningLoop
 from appliance.ops import probe
+from appliance.listfiles import ListFiles
 from appliance.pipeline import Pipeline
-from appliance.services import ListRegistry, Services
+from appliance.services import ListRegistry, Services, list_file_refs
 from appliance.smtp import replies
 from appliance.smtp.downstream import DownstreamPool
 from appliance.smtp.limits import ConnectionCounts
@@ -54,6 +55,8 @@ class Runtime:
         self.worker = worker
         self.storage = storage
         self.lists = ListRegistry()
+        # List files (`file:` entries) keep their last good contents across reloads.
+        self.list_files = ListFiles()
         self._list_counter: int | None = None
         self._next_expiry: datetime | None = None  # entries lapse without a counter change
         self.sessions: set[PostwallSMTP] = set()
@@ -82,11 +85,12 @@ class Runtime:
         if it cannot be built, so a bad reload leaves the old configuration serving."""
         config = loaded.config
         db_values = self._db_list_values()
+        self.list_files.watch(list_file_refs(config))
         lists = ListRegistry()
-        lists.rebuild(config, db_values)
+        lists.rebuild(config, db_values, self.list_files)
         services = Services(
             lists=lists, resolver=self.resolver, storage=self.storage, dry_run=not self.record,
-            clients=self.client_state,
+            clients=self.client_state, list_files=self.list_files,
         )
         filters = build_filters(config, services)
         declared = declared_symbols(config=config)
@@ -130,17 +134,21 @@ class Runtime:
         return self.storage.lists.active_values()
 
     async def refresh_lists(self) -> None:
-        """Pick up list changes made by other processes (web UI, mail commands, workers)."""
+        """Pick up list changes made by other processes (web UI, mail commands, workers)
+        and changed list files."""
+        files_changed = await asyncio.to_thread(self.list_files.refresh)
         if self.storage is None:
+            if files_changed:
+                await asyncio.to_thread(self.lists.rebuild, self.config, {}, self.list_files)
             return
         counter = await asyncio.to_thread(self.storage.lists.change_counter)
         expired = self._next_expiry is not None and datetime.now(UTC) >= self._next_expiry
-        if counter == self._list_counter and not expired:
+        if counter == self._list_counter and not expired and not files_changed:
             return
         values = await asyncio.to_thread(self.storage.lists.active_values)
         self._next_expiry = await asyncio.to_thread(self.storage.lists.next_expiry)
         # Compiling large lists takes a while: off the event loop; the swap is atomic.
-        await asyncio.to_thread(self.lists.rebuild, self.config, values)
+        await asyncio.to_thread(self.lists.rebuild, self.config, values, self.list_files)
         self._list_counter = counter
 
     # -- connections -------------------------------------------------------------

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from appliance.config.schema import file_ref
+from appliance.listfiles import Kind, ListFiles, split_refs
 from appliance.lists import IPIndex, ListIndex
 
 if TYPE_CHECKING:
@@ -38,8 +40,7 @@ IP_LISTS: tuple[str, ...] = ("ip_allow", "ip_deny")
 LIST_NAMES: tuple[str, ...] = ADDRESS_LISTS + IP_LISTS
 
 
-def config_entries(config: Config) -> dict[str, list[str]]:
-    """Each list's entries as written in the configuration (the autowhitelist has none)."""
+def _config_settings(config: Config) -> dict[str, list[str]]:
     addresses = config.filters.address_lists
     networks = config.filters.ip_lists
     return {
@@ -54,14 +55,46 @@ def config_entries(config: Config) -> dict[str, list[str]]:
     }
 
 
+def config_entries(config: Config) -> dict[str, list[str]]:
+    """Each list's entries as written in the configuration (the autowhitelist has none),
+    without its `file:` entries (see `config_files`)."""
+    return {name: split_refs(values)[0] for name, values in _config_settings(config).items()}
+
+
+def config_files(config: Config) -> dict[str, list[str]]:
+    """Each list's files (`file:/PATH` entries in the configuration), by list name."""
+    return {name: split_refs(values)[1] for name, values in _config_settings(config).items()}
+
+
+def file_kind(list_name: str) -> Kind:
+    return Kind.NETWORK if list_name in IP_LISTS else Kind.ADDRESS
+
+
+def list_file_refs(config: Config) -> set[tuple[str, Kind]]:
+    """Every list file the configuration names, with the kind of its lines (the regex
+    filter's pattern files included)."""
+    refs = {(path, file_kind(name)) for name, paths in config_files(config).items()
+            for path in paths}
+    regex = config.filters.regex
+    for patterns in (regex.bomb_re, regex.bomb_subject_re, regex.white_re, regex.red_re):
+        refs.update((path, Kind.PATTERN) for p in patterns
+                    if (path := file_ref(p.pattern)) is not None)
+    return refs
+
+
 @dataclass(frozen=True, slots=True)
 class _Indexes:
     addresses: Mapping[str, ListIndex]
     networks: Mapping[str, IPIndex]
 
 
-def _build(config: Config | None, db_values: Mapping[str, Sequence[str]] | None) -> _Indexes:
+def _build(config: Config | None, db_values: Mapping[str, Sequence[str]] | None,
+           files: ListFiles | None = None) -> _Indexes:
     entries = config_entries(config) if config is not None else {n: [] for n in LIST_NAMES}
+    if config is not None and files is not None:
+        for name, paths in config_files(config).items():
+            for path in paths:
+                entries[name].extend(files.entries(path, file_kind(name)))
     for name, values in (db_values or {}).items():
         if name not in entries:
             log.warning("ignoring values for unknown list %r", name)
@@ -80,13 +113,16 @@ class ListRegistry:
         self,
         config: Config | None = None,
         db_values: Mapping[str, Sequence[str]] | None = None,
+        files: ListFiles | None = None,
     ) -> None:
-        self._indexes = _build(config, db_values)
+        self._indexes = _build(config, db_values, files)
 
-    def rebuild(self, config: Config, db_values: Mapping[str, Sequence[str]]) -> None:
+    def rebuild(self, config: Config, db_values: Mapping[str, Sequence[str]],
+                files: ListFiles | None = None) -> None:
         """Recompile every list from `config` plus `db_values` (list name -> entries, e.g.
-        storage's `active_values()`); unknown names are logged and ignored."""
-        self._indexes = _build(config, db_values)  # one assignment: readers see old or new
+        storage's `active_values()`) plus the last good contents of the list `files` the
+        configuration names; unknown names are logged and ignored."""
+        self._indexes = _build(config, db_values, files)  # one assignment: old or new
 
     def get(self, name: str) -> ListIndex:
         return self._indexes.addresses[name]
@@ -155,6 +191,9 @@ class Services:
     # database, e.g. in check-config).
     bayes: TokenTable | None = None
     personal: PersonalBlacklists | None = None
+    # The list files the configuration names, with their last good contents (None: the
+    # `file:` entries add nothing, as in pure unit tests).
+    list_files: ListFiles | None = None
 
     @classmethod
     def from_config(

@@ -244,11 +244,40 @@ def _cidr(value: str) -> str:
     return str(ipaddress.ip_network(value.strip(), strict=False))
 
 
+# A list entry "file:/abs/path" names a file of entries (ASSP's file: lists); see
+# appliance/listfiles.py. Absolute only: the proxy, the UI and the CLI run elsewhere.
+FILE_PREFIX = "file:"
+
+
+def file_ref(value: str) -> str | None:
+    """The path of a `file:` list entry, or None for an ordinary entry."""
+    text = value.strip()
+    if not text.startswith(FILE_PREFIX):
+        return None
+    return text[len(FILE_PREFIX):].strip()
+
+
+def _file_ref_checked(value: str) -> str | None:
+    path = file_ref(value)
+    if path is not None and not path.startswith("/"):
+        raise ValueError(f"{value!r}: a list file must be given by its absolute path "
+                         f"(file:/etc/postwall/lists/NAME.txt)")
+    if path is not None and ("\n" in path or "\x00" in path):
+        raise ValueError(f"{value!r}: not a file path")
+    return path
+
+
+def _cidr_or_file(value: str) -> str:
+    path = _file_ref_checked(value)
+    return f"{FILE_PREFIX}{path}" if path is not None else _cidr(value)
+
+
 class IPListSettings(FilterSettings):
     allow: list[str] = Field(
         default_factory=list,
         description="Client networks (CIDR) whose mail is accepted without scoring "
-        "(ASSP whiteListedIPs). A virus is still refused.",
+        "(ASSP whiteListedIPs). A virus is still refused. An entry file:/PATH adds the "
+        "networks in that file (one per line), reloaded when it changes.",
     )
     deny: list[str] = Field(
         default_factory=list, description="Client networks (CIDR) refused at connect with 554."
@@ -257,14 +286,16 @@ class IPListSettings(FilterSettings):
     @field_validator("allow", "deny")
     @classmethod
     def _networks(cls, values: list[str]) -> list[str]:
-        return [_cidr(v) for v in values]
+        return [_cidr_or_file(v) for v in values]
 
 
 class AddressListSettings(FilterSettings):
     whitelist: list[str] = Field(
         default_factory=list,
         description="Senders never scored: addresses, @domain, *.wildcards or /regex/ "
-        "(ASSP whiteListedDomains). Entries added in the UI or by mail live in the database.",
+        "(ASSP whiteListedDomains). Entries added in the UI or by mail live in the database. "
+        "Any list here may name files: file:/PATH (one entry per line, # comments), "
+        "reloaded when the file changes.",
     )
     blacklist: list[str] = Field(default_factory=list, description="Senders refused with 550.")
     redlist: list[str] = Field(
@@ -285,14 +316,24 @@ class AddressListSettings(FilterSettings):
         True, description="Senders our users wrote to are whitelisted (see autowhitelist)."
     )
 
+    @field_validator("whitelist", "blacklist", "redlist", "noprocessing", "spamlovers")
+    @classmethod
+    def _files(cls, values: list[str]) -> list[str]:
+        for value in values:
+            _file_ref_checked(value)
+        return values
+
 
 class WeightedPattern(Section):
-    pattern: str = Field(description="Python regular expression (case-insensitive).")
+    pattern: str = Field(description="Python regular expression (case-insensitive), or "
+                         "file:/PATH: one pattern per line, optionally PATTERN=>WEIGHT.")
     weight: float = Field(1.0, description="Multiplies the symbol's weight.")
 
     @field_validator("pattern")
     @classmethod
     def _compiles(cls, value: str) -> str:
+        if _file_ref_checked(value) is not None:
+            return value  # a file of patterns, one per line (weight multiplies each)
         try:
             re.compile(value)
         except re.error as exc:

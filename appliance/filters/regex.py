@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from appliance import mime
-from appliance.config.schema import RegexSettings, WeightedPattern
+from appliance.config.schema import RegexSettings, WeightedPattern, file_ref
 from appliance.context import TransactionContext
 from appliance.filters.base import Filter
+from appliance.listfiles import Kind, ListFiles
 from appliance.patterns import PatternSet
 from appliance.verdict import NO_FINDINGS, Stage, Symbol, SymbolSpec, Verdict
 
@@ -35,10 +36,24 @@ class CompiledPatterns:
         return self.patterns.sources[index]
 
 
-def compile_patterns(patterns: Sequence[WeightedPattern]) -> CompiledPatterns:
-    return CompiledPatterns(
-        PatternSet([p.pattern for p in patterns]), tuple(p.weight for p in patterns)
-    )
+def compile_patterns(
+    patterns: Sequence[WeightedPattern], files: ListFiles | None = None
+) -> CompiledPatterns:
+    """One set from the configured patterns; a `file:` pattern stands for the patterns
+    in force from that file (its weight multiplies each line's `=>weight`)."""
+    sources: list[str] = []
+    weights: list[float] = []
+    for p in patterns:
+        path = file_ref(p.pattern)
+        if path is None:
+            sources.append(p.pattern)
+            weights.append(p.weight)
+            continue
+        loaded = files.get(path, Kind.PATTERN) if files is not None else None
+        if loaded is not None:
+            sources.extend(loaded.entries)
+            weights.extend(p.weight * w for w in loaded.weights)
+    return CompiledPatterns(PatternSet(sources), tuple(weights))
 
 
 def excerpt(match: re.Match[str], limit: int = 40) -> str:
@@ -63,12 +78,22 @@ class RegexFilter(Filter):
         settings = self.settings
         assert isinstance(settings, RegexSettings)
         self.max_scan = settings.max_scan_bytes
-        self.bomb = compile_patterns(settings.bomb_re)
-        self.bomb_subject = compile_patterns(settings.bomb_subject_re)
-        self.white = compile_patterns(settings.white_re)
-        self.red = compile_patterns(settings.red_re)
+        self._compile()
+
+    def _compile(self) -> None:
+        settings = self.settings
+        assert isinstance(settings, RegexSettings)
+        files = self.services.list_files
+        self._generation = files.generation if files is not None else 0
+        self.bomb = compile_patterns(settings.bomb_re, files)
+        self.bomb_subject = compile_patterns(settings.bomb_subject_re, files)
+        self.white = compile_patterns(settings.white_re, files)
+        self.red = compile_patterns(settings.red_re, files)
 
     async def check(self, ctx: TransactionContext) -> Verdict:
+        files = self.services.list_files
+        if files is not None and files.generation != self._generation:
+            self._compile()  # a pattern file changed (rare; one RE2 set compile)
         if not (self.bomb or self.bomb_subject or self.white or self.red):
             return NO_FINDINGS
         msg = ctx.message

@@ -4,16 +4,21 @@ entries are shown beside them, read-only."""
 
 from __future__ import annotations
 
+import fcntl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from appliance.services import config_entries
+from appliance.listfiles import ListFiles
+from appliance.services import config_entries, config_files, file_kind, list_file_refs
 from appliance.storage.lists import LIST_NAMES, normalise_value
-from webui import access
+from webui import access, concurrency
 from webui.forms import ListAddForm, ListImportForm, ListRemoveForm
-from webui.state import state
+from webui.state import WEBUI_DIRNAME, state
 
 bp = Blueprint("lists", __name__)
 
@@ -42,9 +47,81 @@ def _expiry(days: int | None) -> datetime | None:
     return datetime.now(UTC) + timedelta(days=days) if days else None
 
 
+# The list files the configuration names, read by this process for display (the proxy
+# reads its own copy); a stat per file per page view, a read only when one changed.
+_files = ListFiles()
+_thread_lock = threading.Lock()
+
+
+@contextmanager
+def lists_lock() -> Iterator[None]:
+    """One UI list change at a time, across threads and processes: check, then write."""
+    path = state().data_dir / WEBUI_DIRNAME / "lists.lock"
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with _thread_lock, open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def file_entries(name: str) -> list[tuple[str, list[tuple[str, int]], str | None]]:
+    """(path, [(entry, line)], problem) for each file the list `name` names."""
+    config = state().loaded.config
+    paths = config_files(config).get(name, [])
+    if not paths:
+        return []
+    _files.watch(list_file_refs(config))
+    _files.refresh()
+    problems = {(f.path, f.kind): f.problem for f in _files.states()}
+    result = []
+    for path in paths:
+        loaded = _files.get(path, file_kind(name))
+        rows = list(zip(loaded.entries, loaded.lines, strict=True)) if loaded else []
+        result.append((path, rows, problems.get((path, file_kind(name)))))
+    return result
+
+
+def list_conflict(name: str, values: list[str], *, removing: bool = False
+                  ) -> concurrency.Conflict | None:
+    """The `values` someone else added, changed or removed since the page was loaded
+    (the form's `loaded_at`); None if there are none, or if the form has no time (a
+    script naming its values: it changes exactly those)."""
+    since = concurrency.parse_time(request.form.get("loaded_at"))
+    if since is None:
+        return None
+    lists = state().storage.lists
+    audit = state().storage.audit.search(action="lists.", limit=concurrency.AUDIT_LOOKBACK)
+    changes = []
+    for value in values:
+        entry = lists.get(name, value)
+        target = f"{name}: {value}"
+        if entry is not None and entry.updated_at > since:
+            fallback = (f"{entry.added_by or entry.source} at "
+                        f"{entry.updated_at:%Y-%m-%d %H:%M:%S} UTC")
+            changes.append(concurrency.Change(
+                value, "(not on the list)" if entry.created_at > since else "on the list",
+                _describe(entry), concurrency.who(
+                    audit, lambda e, t=target: e.target == t, since, fallback)))
+        elif entry is None:
+            by = concurrency.who(audit, lambda e, t=target: e.target == t
+                                 and e.action == "lists.remove", since, "")
+            if by:
+                changes.append(concurrency.Change(value, "on the list", "removed", by))
+    if not changes:
+        return None
+    verb = "remove" if removing else "add"
+    return concurrency.Conflict(changes, message=(
+        f"Someone else changed {'this entry' if len(changes) == 1 else 'these entries'} "
+        f"after you loaded this page; nothing was saved. The list below is current: "
+        f"{verb} again if you still want to."))
+
+
 def render_list(name: str, *, add_form: ListAddForm | None = None,
                 import_form: ListImportForm | None = None,
-                import_errors: list[str] | None = None, code: int = 200) -> tuple[str, int]:
+                import_errors: list[str] | None = None, code: int = 200,
+                conflict: concurrency.Conflict | None = None) -> tuple[str, int]:
     ui = state()
     search = request.args.get("q", "").strip()[:200] or None
     page = max(1, request.args.get("page", 1, type=int) or 1)
@@ -70,6 +147,9 @@ def render_list(name: str, *, add_form: ListAddForm | None = None,
         import_errors=import_errors or [],
         remove_form=ListRemoveForm(formdata=None),
         now=datetime.now(UTC),
+        from_files=file_entries(name),
+        loaded_at=concurrency.now_text(),
+        conflict=conflict,
     ), code
 
 
@@ -100,11 +180,15 @@ def add(name: str) -> Response | tuple[str, int]:
     user = access.current_user()
     assert user is not None
     lists = state().storage.lists
-    before = lists.get(name, form.value.data or "")
-    entry = lists.add(
-        name, form.value.data or "", expires_at=_expiry(form.days.data),
-        comment=(form.comment.data or "").strip(), added_by=user.username, source="ui",
-    )
+    with lists_lock():
+        conflict = list_conflict(name, [normalise_value(name, form.value.data or "")])
+        if conflict is not None:
+            return render_list(name, conflict=conflict, code=409)
+        before = lists.get(name, form.value.data or "")
+        entry = lists.add(
+            name, form.value.data or "", expires_at=_expiry(form.days.data),
+            comment=(form.comment.data or "").strip(), added_by=user.username, source="ui",
+        )
     expires = f"expires {entry.expires_at:%Y-%m-%d %H:%M} UTC" if entry.expires_at else "no expiry"
     access.audit("lists.add", f"{name}: {entry.value}",
                  _describe(before) if before else None, _describe(entry))
@@ -130,8 +214,12 @@ def remove(name: str) -> Response | tuple[str, int]:
     lists = state().storage.lists
     value = form.value.data or ""
     try:
-        before = lists.get(name, value)
-        removed = lists.remove(name, value)
+        with lists_lock():
+            conflict = list_conflict(name, [normalise_value(name, value)], removing=True)
+            if conflict is not None:
+                return render_list(name, conflict=conflict, code=409)
+            before = lists.get(name, value)
+            removed = lists.remove(name, value)
     except ValueError as exc:
         flash(f"Nothing removed: {exc}", "error")
         return render_list(name, code=400)
@@ -190,11 +278,15 @@ def import_entries(name: str) -> Response | tuple[str, int]:
     for value, comment in entries:
         by_comment.setdefault(comment, []).append(value)
     added = 0
-    for comment, values in by_comment.items():
-        added += state().storage.lists.add_many(
-            name, values, expires_at=_expiry(form.days.data), comment=comment,
-            added_by=user.username, source="ui",
-        )
+    with lists_lock():
+        conflict = list_conflict(name, list(dict.fromkeys(v for v, _ in entries)))
+        if conflict is not None:
+            return render_list(name, import_form=form, conflict=conflict, code=409)
+        for comment, values in by_comment.items():
+            added += state().storage.lists.add_many(
+                name, values, expires_at=_expiry(form.days.data), comment=comment,
+                added_by=user.username, source="ui",
+            )
     access.audit("lists.import", name, None, f"{added} entries")
     flash(f"Imported {added} entries into the {name}.", "success")
     return redirect(url_for("lists.show", name=name))
