@@ -21,6 +21,7 @@ from appliance.filters.clamav import is_virus
 from appliance.filters.registry import build_filters, declared_symbols, is_red
 from appliance.learning_loop import LearningLoop
 from appliance.pipeline import Pipeline
+from appliance.recipients.verifier import RecipientVerifier
 from appliance.services import ListRegistry, Services
 from appliance.smtp import replies
 from appliance.smtp.downstream import DownstreamPool
@@ -69,6 +70,8 @@ class Runtime:
         self.client_state = ClientState(loaded.config, storage, record=record)
         self.learning = LearningLoop(storage)  # classifier table, personal lists, learning
         self.commands = CommandInterface(self)  # spam@, help@, ... at the report domain
+        # Recipient verification's cache and callout/LDAP connections outlive reloads.
+        self.recipient_verifier = RecipientVerifier(loaded.config.filters.recipient_verify)
         self.apply(loaded)
         self.pool = DownstreamPool(self.config.downstream, self.config.smtp.hostname)
 
@@ -83,7 +86,7 @@ class Runtime:
         lists.rebuild(config, db_values)
         services = Services(
             lists=lists, resolver=self.resolver, storage=self.storage, dry_run=not self.record,
-            clients=self.client_state,
+            clients=self.client_state, recipient_verifier=self.recipient_verifier,
         )
         filters = build_filters(config, services)
         declared = declared_symbols(config=config)
@@ -327,6 +330,7 @@ class Runtime:
 
     async def close(self) -> None:
         await self.pool.close()
+        await self.recipient_verifier.close()
         await asyncio.to_thread(self.client_state.close)
         await self.learning.close()
         if self.log_writer is not None:
