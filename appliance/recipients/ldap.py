@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import ssl
 import threading
 import time
@@ -89,7 +90,6 @@ class LDAPClient:
         self._closed = False
         self.connects = 0
         self.last_used = time.monotonic()
-        self._servers = [self._server(url) for url in target.servers]
 
     def _server(self, url: str) -> ldap3.Server:
         tls = None
@@ -103,13 +103,15 @@ class LDAPClient:
     def _connect(self) -> ldap3.Connection:
         target = self.target
         failures = []
-        for server in self._servers:
+        # Fresh Server objects each time: ldap3 remembers a failed address and skips it for
+        # minutes, which would outlast the restart of a directory server.
+        for server in [self._server(url) for url in target.servers]:
             self.connects += 1
             connection = ldap3.Connection(
                 server, user=target.bind_dn, password=target.password,
                 authentication=ldap3.SIMPLE if target.bind_dn else ldap3.ANONYMOUS,
                 client_strategy=ldap3.SYNC, read_only=True, auto_referrals=False,
-                receive_timeout=target.timeout, raise_exceptions=False,
+                receive_timeout=math.ceil(target.timeout), raise_exceptions=False,
                 auto_bind=ldap3.AUTO_BIND_NONE,
             )
             try:

@@ -103,7 +103,9 @@ class Recorder:
             envelope.rcpt_options.extend(rcpt_options)
         return reply
 
-    async def handle_VRFY(self, server: SMTP, session: Session, address: str) -> str:
+    async def handle_VRFY(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str
+    ) -> str:
         return self._knows("VRFY", address)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
