@@ -149,7 +149,7 @@ def open_storage_or_exit(config_path: Path):  # type: ignore[no-untyped-def]
 
 LIST_CHOICE = click.Choice(
     ["whitelist", "blacklist", "redlist", "noprocessing", "spamlovers", "ip_allow", "ip_deny",
-     "autowhitelist"]
+     "autowhitelist", "valid_recipients"]
 )
 
 

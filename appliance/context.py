@@ -62,6 +62,8 @@ class ConnectionContext:
     # and whether it resolves back to peer_ip. None: not looked up, or DNS failed.
     ptr_name: str | None = None
     fcrdns: bool | None = None
+    # Recipients refused as unknown by recipient verification (directory harvesting).
+    unknown_recipients: int = 0
 
     @property
     def is_relay(self) -> bool:

@@ -29,6 +29,7 @@ log = logging.getLogger("postwall.penalty")
 
 DNSBL_GROUP = "dnsbl"
 VIRUS_SYMBOL = "CLAMAV_VIRUS"
+HARVEST_SYMBOL = "RCPT_HARVEST"  # filters.recipient_verify closed the connection
 REFRESH_OVERLAP = 30.0  # seconds re-read at every refresh: commits land a little late
 FORGET_EVERY = 600.0  # seconds between sweeps of decayed clients out of memory
 
@@ -56,6 +57,10 @@ def transaction_points(
     refused = sum(1 for _, text in tx.rejected_recipients if text[:1] == "5")
     if refused and points.rejected_recipient:
         out.append(Points(refused * points.rejected_recipient, f"{refused} rejected recipient(s)"))
+    if points.directory_harvest and any(
+        s.name == HARVEST_SYMBOL for s in tx.refusal_symbols
+    ):
+        out.append(Points(points.directory_harvest, "directory harvest (unknown recipients)"))
     # Symbols carried over from connect/helo are counted once per connection instead.
     out.extend(symbol_points(tx.symbols[len(tx.connection.symbols):], points, declared))
     blocked = action is Action.DISCARD or (

@@ -23,6 +23,7 @@ from appliance.learning_loop import LearningLoop
 from appliance.ops import probe
 from appliance.listfiles import ListFiles
 from appliance.pipeline import Pipeline
+from appliance.recipients.verifier import RecipientVerifier
 from appliance.services import ListRegistry, Services, list_file_refs
 from appliance.smtp import replies
 from appliance.smtp.downstream import DownstreamPool
@@ -75,6 +76,8 @@ class Runtime:
         self.client_state = ClientState(loaded.config, storage, record=record)
         self.learning = LearningLoop(storage)  # classifier table, personal lists, learning
         self.commands = CommandInterface(self)  # spam@, help@, ... at the report domain
+        # Recipient verification's cache and callout/LDAP connections outlive reloads.
+        self.recipient_verifier = RecipientVerifier(loaded.config.filters.recipient_verify)
         self.apply(loaded)
         self.pool = DownstreamPool(self.config.downstream, self.config.smtp.hostname)
 
@@ -91,6 +94,7 @@ class Runtime:
         services = Services(
             lists=lists, resolver=self.resolver, storage=self.storage, dry_run=not self.record,
             clients=self.client_state, list_files=self.list_files,
+            recipient_verifier=self.recipient_verifier,
         )
         filters = build_filters(config, services)
         declared = declared_symbols(config=config)
@@ -360,6 +364,7 @@ class Runtime:
 
     async def close(self) -> None:
         await self.pool.close()
+        await self.recipient_verifier.close()
         await asyncio.to_thread(self.client_state.close)
         await self.learning.close()
         if self.log_writer is not None:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from appliance.config.schema import Config
     from appliance.dns import Resolver
     from appliance.personal import PersonalBlacklists
+    from appliance.recipients.verifier import RecipientVerifier
     from appliance.storage.facade import Storage
 
 log = logging.getLogger("postwall.services")
@@ -35,6 +36,7 @@ ADDRESS_LISTS: tuple[str, ...] = (
     "noprocessing",
     "spamlovers",
     "autowhitelist",
+    "valid_recipients",  # filters.recipient_verify, method static
 )
 IP_LISTS: tuple[str, ...] = ("ip_allow", "ip_deny")
 LIST_NAMES: tuple[str, ...] = ADDRESS_LISTS + IP_LISTS
@@ -50,6 +52,7 @@ def _config_settings(config: Config) -> dict[str, list[str]]:
         "noprocessing": list(addresses.noprocessing),
         "spamlovers": list(addresses.spamlovers),
         "autowhitelist": [],
+        "valid_recipients": list(config.filters.recipient_verify.valid_recipients),
         "ip_allow": list(networks.allow),
         "ip_deny": list(networks.deny),
     }
@@ -194,6 +197,9 @@ class Services:
     # The list files the configuration names, with their last good contents (None: the
     # `file:` entries add nothing, as in pure unit tests).
     list_files: ListFiles | None = None
+    # The worker's recipient verification cache and connections (outlive reloads); None:
+    # the filter keeps its own.
+    recipient_verifier: RecipientVerifier | None = None
 
     @classmethod
     def from_config(

@@ -24,6 +24,11 @@ if str(_REPO_ROOT) not in sys.path:
 
 from tests.support.clamd import ClamdInstance, clamd_unavailable_reason  # noqa: E402
 from tests.support.dns_server import NSD_BIN, AuthoritativeDNS  # noqa: E402
+from tests.support.ldap_server import (  # noqa: E402
+    LDAPServer,
+    LDAPUser,
+    ldap_unavailable_reason,
+)
 from tests.support.samba import SambaServer, samba_unavailable_reason  # noqa: E402
 from tests.support.services import (  # noqa: E402
     POSTFIX_BIN,
@@ -163,6 +168,34 @@ def clamd() -> Iterator[ClamdInstance]:
         pytest.fail(f"could not start clamd: {exc}", pytrace=False)
     yield instance
     instance.cleanup()
+
+
+# The directory of the recipient verification tests (tests/integration/test_recipients.py).
+LDAP_TEST_USERS = (
+    LDAPUser("alice", "alice@ldap.example", ("SMTP:alice@ldap.example",
+                                             "smtp:a.smith@ldap.example")),
+    LDAPUser("bob", "bob@ldap.example"),
+    LDAPUser("carol", "carol@ldap.example", ("SMTP:carol@ldap.example",
+                                             "smtp:sales@ldap.example")),
+)
+
+
+@pytest.fixture(scope="session")
+def ldap_server() -> Iterator[LDAPServer]:
+    """A real OpenLDAP slapd on a loopback port with LDAP_TEST_USERS and a service
+    account (``bind_dn``, ``bind_password``, ``password_file(dir)``). Tests that stop
+    slapd start their own LDAPServer instead of stopping this one."""
+    reason = ldap_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    server = LDAPServer(LDAP_TEST_USERS)
+    try:
+        server.start()
+    except ServiceError as exc:
+        server.cleanup()
+        pytest.fail(f"could not start slapd: {exc}", pytrace=False)
+    yield server
+    server.cleanup()
 
 
 @pytest.fixture(scope="session")

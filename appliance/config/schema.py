@@ -696,6 +696,11 @@ class PenaltyPoints(Section):
         15.0, ge=0, le=1000,
         description="For talking before the greeting (filters.early_talker).",
     )
+    directory_harvest: float = Field(
+        20.0, ge=0, le=1000,
+        description="When a connection is closed for too many unknown recipients "
+        "(filters.recipient_verify.harvest), besides rejected_recipient for each of them.",
+    )
 
 
 class PenaltyBoxSettings(FilterSettings):
@@ -1236,6 +1241,258 @@ class BlockReportSettings(Section):
     )
 
 
+# -- recipient verification (filters.recipient_verify) ---------------------------------
+
+LDAP_FILTER_FIELDS = frozenset({"address", "local", "domain"})
+
+
+def check_ldap_filter_template(template: str) -> str:
+    """A filter template names only {address}, {local} and {domain} (each escaped when
+    filled in), and is one parenthesised LDAP filter with balanced parentheses."""
+    import string
+
+    text = template.strip()
+    fields = set()
+    try:
+        for _, name, spec, conversion in string.Formatter().parse(text):
+            if name is None:
+                continue
+            if name not in LDAP_FILTER_FIELDS or spec or conversion:
+                raise ValueError(
+                    f"unknown placeholder {{{name}}}: use {{address}}, {{local}} or {{domain}}"
+                )
+            fields.add(name)
+    except ValueError as exc:
+        raise ValueError(f"LDAP filter template {template!r}: {exc}") from None
+    if not fields:
+        raise ValueError(f"LDAP filter template {template!r} names no {{address}}")
+    depth = 0
+    for char in text:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth < 0:
+            break
+    if not text.startswith("(") or not text.endswith(")") or depth != 0:
+        raise ValueError(f"LDAP filter template {template!r}: unbalanced parentheses")
+    return text
+
+
+class CalloutSettings(Section):
+    """SMTP callout to the internal mail server: a probe session that asks about the
+    recipient and sends nothing."""
+
+    host: str = Field(
+        description="The internal mail server to ask (IP or host name), directly: not the "
+        "local Postfix, which would accept any recipient of a relayed domain."
+    )
+    port: int = Field(25, ge=1, le=65535, description="Its SMTP port.")
+    command: Literal["rcpt", "vrfy"] = Field(
+        "rcpt",
+        description="rcpt: MAIL FROM:<> then RCPT TO:<address>, then RSET (works with every "
+        "server). vrfy: VRFY address (servers often disable it; 252 counts as existing).",
+    )
+    timeout: float = Field(
+        5.0, gt=0, le=60,
+        description="Seconds to connect and for each reply; past it the server counts as "
+        "unavailable and on_unavailable applies.",
+    )
+    helo: str | None = Field(
+        None, description="Name sent in EHLO; empty for smtp.hostname."
+    )
+    max_idle_connections: int = Field(
+        2, ge=0, le=50,
+        description="Probe sessions kept open per worker for the next lookups (RSET between "
+        "them); 0 opens one per lookup.",
+    )
+    idle_seconds: float = Field(
+        20.0, gt=0, le=300,
+        description="An idle probe session older than this is closed (servers drop idle "
+        "clients after a while).",
+    )
+
+
+class LDAPLookupSettings(Section):
+    """Directory lookup with ldap3 (Active Directory, OpenLDAP): the recipient exists when
+    the filter finds an entry under base_dn."""
+
+    servers: list[str] = Field(
+        min_length=1,
+        description="ldap://host[:port] or ldaps://host[:port] URLs, tried in this order.",
+    )
+    bind_dn: str | None = Field(
+        None,
+        description="DN (or user@domain for AD) to bind as; empty binds anonymously. Use a "
+        "service account that may only read mail attributes.",
+    )
+    bind_password_file: Path | None = Field(
+        None,
+        description="File holding the bind password (first line). It must be owner-only "
+        "(mode 0600 or 0400): Postwall refuses to start with a file others can read.",
+    )
+    base_dn: str = Field(description="Where to search, e.g. dc=example,dc=com.")
+    filter: str = Field(
+        "(|(mail={address})(proxyAddresses=smtp:{address}))",
+        description="Search filter; {address}, {local} and {domain} are replaced by the "
+        "recipient's parts, escaped (RFC 4515), so '*' or ')' in an address match "
+        "literally. OpenLDAP: (mail={address}); AD: the default (aliases in proxyAddresses).",
+    )
+    ca_file: Path | None = Field(
+        None, description="CA certificates (PEM) to check ldaps:// servers against; empty "
+        "for the system's."
+    )
+    timeout: float = Field(
+        5.0, gt=0, le=60,
+        description="Seconds to connect and for each answer; past it on_unavailable applies.",
+    )
+    pool_size: int = Field(
+        4, ge=1, le=64,
+        description="Bound LDAP connections kept per worker (each used by one lookup at a "
+        "time, in a thread: the event loop never waits on LDAP).",
+    )
+
+    @field_validator("servers")
+    @classmethod
+    def _urls(cls, values: list[str]) -> list[str]:
+        for value in values:
+            scheme, sep, rest = value.partition("://")
+            if not sep or scheme.lower() not in ("ldap", "ldaps") or not rest.strip("/"):
+                raise ValueError(f"expected ldap://host[:port] or ldaps://host[:port], "
+                                 f"got {value!r}")
+        return values
+
+    @field_validator("filter")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        return check_ldap_filter_template(value)
+
+    @model_validator(mode="after")
+    def _bind_pair(self) -> LDAPLookupSettings:
+        if (self.bind_dn is None) != (self.bind_password_file is None):
+            raise ValueError("bind_dn and bind_password_file must be set together")
+        return self
+
+
+class RecipientDomainSettings(Section):
+    """How the recipients of one local domain are verified."""
+
+    method: Literal["none", "static", "callout", "ldap"] = Field(
+        "none",
+        description="none (not verified: the internal server decides), static (the "
+        "valid_recipients list and list_file), callout (ask the internal mail server by "
+        "SMTP) or ldap (look the address up in the directory).",
+    )
+    on_unavailable: Literal["tempfail", "accept"] = Field(
+        "tempfail",
+        description="When the callout target or LDAP cannot answer (down, timeout, 4xx, "
+        "bad credentials): tempfail answers 451 4.4.3 so the sender retries; accept lets "
+        "the recipient through unverified.",
+    )
+    list_file: Path | None = Field(
+        None,
+        description="static: a file of valid recipients, one a line (user@domain, "
+        "@domain or *@domain for a catch-all, wildcards, /regex/; # comments), read again "
+        "when it changes. Adds to the valid_recipients list.",
+    )
+    callout: CalloutSettings | None = Field(None, description="Settings for method callout.")
+    ldap: LDAPLookupSettings | None = Field(None, description="Settings for method ldap.")
+
+    @model_validator(mode="after")
+    def _method_settings(self) -> RecipientDomainSettings:
+        if self.method == "callout" and self.callout is None:
+            raise ValueError("method callout needs a callout section (host, port...)")
+        if self.method == "ldap" and self.ldap is None:
+            raise ValueError("method ldap needs an ldap section (servers, base_dn...)")
+        return self
+
+
+class RecipientCacheSettings(Section):
+    positive_ttl: float = Field(
+        3600.0, ge=0, le=30 * 86400,
+        description="Seconds a recipient found to exist (callout, ldap) is not asked again.",
+    )
+    negative_ttl: float = Field(
+        600.0, ge=0, le=30 * 86400,
+        description="Seconds an unknown recipient stays unknown without asking; shorter, so "
+        "a new mailbox receives mail soon. Failures (unavailable) are never cached.",
+    )
+    max_entries: int = Field(
+        100000, ge=0, le=10_000_000,
+        description="Answers kept per worker (least recently used go first); 0 disables "
+        "the cache.",
+    )
+
+
+class HarvestSettings(Section):
+    """Directory-harvest protection: a client guessing addresses is cut off."""
+
+    max_unknown_per_connection: int = Field(
+        10, ge=0, le=10000,
+        description="Unknown recipients in one connection after which it is closed with "
+        "421 4.7.0 (and the client gets penalty_box.points.directory_harvest); 0 never.",
+    )
+    max_unknown_per_client: int = Field(
+        30, ge=0, le=100000,
+        description="Unknown recipients from one client (IPv4 address or IPv6 /64) within "
+        "window seconds, across its connections, after which its connections are closed "
+        "likewise; 0 never. Counted per worker process.",
+    )
+    window: float = Field(
+        3600.0, gt=0, le=7 * 86400, description="Seconds of the per-client count."
+    )
+
+
+class RecipientVerifySettings(FilterSettings):
+    """Recipient verification at RCPT for local domains (unknown users get 550 5.1.1),
+    chosen per domain, with directory-harvest protection. Not a spam rule: whitelists and
+    test mode do not turn it off (mode score only records)."""
+
+    timeout: float = Field(
+        30.0, gt=0, le=300,
+        description="Upper bound in seconds for one recipient's check; the callout and LDAP "
+        "timeouts below should be well inside it. Past it on_error applies.",
+    )
+    default: RecipientDomainSettings = Field(
+        default_factory=RecipientDomainSettings,
+        description="How recipients in local domains not listed under domains are verified.",
+    )
+    domains: dict[str, RecipientDomainSettings] = Field(
+        default_factory=dict,
+        description="Per local domain ('example.com', '*.example.com' for subdomains): "
+        "its own method and settings, instead of default.",
+    )
+    valid_recipients: list[str] = Field(
+        default_factory=list,
+        description="For method static: valid addresses (user@domain), catch-all domains "
+        "(@domain or *@domain), wildcards (*@dept.example.com) and /regex/; the database "
+        "list valid_recipients (web UI, `postwall lists`) adds to it.",
+    )
+    always_accept: list[str] = Field(
+        default_factory=lambda: ["postmaster", "abuse"],
+        description="Local parts accepted in every local domain without a lookup. "
+        "postmaster is always accepted (RFC 5321 4.5.1), listed or not.",
+    )
+    cache: RecipientCacheSettings = Field(default_factory=RecipientCacheSettings)
+    harvest: HarvestSettings = Field(default_factory=HarvestSettings)
+
+    @field_validator("domains")
+    @classmethod
+    def _domain_keys(
+        cls, values: dict[str, RecipientDomainSettings]
+    ) -> dict[str, RecipientDomainSettings]:
+        names = _domain_patterns(list(values))
+        return dict(zip(names, values.values(), strict=True))
+
+    @field_validator("always_accept")
+    @classmethod
+    def _local_parts(cls, values: list[str]) -> list[str]:
+        out = []
+        for value in values:
+            local = value.strip().lower()
+            if not local or "@" in local or any(c.isspace() for c in local):
+                raise ValueError(f"always_accept takes local parts (no @ or spaces): {value!r}")
+            out.append(local)
+        return out
+
+
 class FilterSection(Section):
     ip_lists: IPListSettings = Field(default_factory=IPListSettings)
     address_lists: AddressListSettings = Field(default_factory=AddressListSettings)
@@ -1257,6 +1514,9 @@ class FilterSection(Section):
     uribl: URIBLSettings = Field(default_factory=URIBLSettings)
     bayes: BayesSettings = Field(default_factory=BayesSettings)
     personal_blacklist: FilterSettings = Field(default_factory=FilterSettings)
+    recipient_verify: RecipientVerifySettings = Field(
+        default_factory=RecipientVerifySettings
+    )
 
 
 class AutowhitelistSettings(Section):

@@ -25,6 +25,7 @@ from appliance.filters.ip_lists import IPListFilter
 from appliance.filters.penalty_box import PenaltyBoxFilter
 from appliance.filters.personal_blacklist import PersonalBlacklistFilter
 from appliance.filters.rate_limits import ConnectionRateFilter, MessageRateFilter
+from appliance.filters.recipients import RecipientVerifyFilter
 from appliance.filters.regex import RegexFilter
 from appliance.filters.sender import SenderFilter
 from appliance.filters.size import SizeFilter
@@ -52,6 +53,7 @@ FILTER_CLASSES: tuple[type[Filter], ...] = (
     FCrDNSFilter,  # mail stage: reads the prefetched reverse DNS, like DNSBLFilter
     SenderFilter,  # after the sender lists: a whitelisted sender is not looked up
     SPFFilter,  # mail stage, after the sender lists (a whitelisted sender is not checked)
+    RecipientVerifyFilter,  # rcpt: unknown users get 550 before lists and greylisting
     RecipientListFilter,
     GreylistFilter,  # rcpt: after the recipient lists (noprocessing is never delayed)
     PersonalBlacklistFilter,

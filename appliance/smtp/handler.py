@@ -224,6 +224,8 @@ class Handler:
                 tx.refusal_symbols.append(result.final.symbol)
             reply = _reply_for_final(result.final, replies.LOCAL_ERROR)
             tx.rejected_recipients.append((address, str(reply)))
+            if reply.code == 421:  # a check ends the session (directory harvest)
+                server.close_with(reply)
             return str(reply)
         reply = await self._relay_recipient(session, tx, address)
         if reply.is_success:

@@ -36,6 +36,7 @@ LIST_NAMES: tuple[str, ...] = (
     "ip_allow",
     "ip_deny",
     "autowhitelist",
+    "valid_recipients",
 )
 IP_LISTS = frozenset({"ip_allow", "ip_deny"})
 SOURCES: tuple[str, ...] = ("config", "ui", "mail", "auto")

@@ -9,6 +9,12 @@ Every accepted message is written crash-safely (temporary file, fsync, rename) a
 (``decode_data=False``), then ``DIR/<seq>.json`` with the envelope. The JSON file is the
 commit marker: a reader that lists ``*.json`` only ever sees complete messages.
 
+Optionally it knows a fixed set of mailboxes (``--mailbox ADDR``, repeatable): RCPT and
+VRFY for any other address get ``550 5.1.1``, known ones ``250``/``252``, the way an
+internal mail server answers a recipient callout; ``--tempfail-rcpt`` answers every RCPT
+and VRFY with ``451 4.3.0`` instead. With ``--probe-log FILE`` each RCPT and VRFY is
+appended to FILE as ``COMMAND address code``.
+
 The server prints ``READY <port>`` on stdout once it listens, and exits on SIGTERM/SIGINT
 or when ``--parent-pid`` is gone (so a killed test run leaves nothing behind).
 
@@ -64,10 +70,43 @@ def _fsync_dir(directory: Path) -> None:
 class Recorder:
     """aiosmtpd handler that stores every message and answers 250."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self, directory: Path, mailboxes: frozenset[str] | None = None,
+        tempfail_rcpt: bool = False, probe_log: Path | None = None,
+    ) -> None:
         self.directory = directory
+        self.mailboxes = mailboxes
+        self.tempfail_rcpt = tempfail_rcpt
+        self.probe_log = probe_log
         existing = [int(p.stem) for p in directory.glob("*.json") if p.stem.isdigit()]
         self.seq = max(existing, default=0)
+
+    def _knows(self, command: str, address: str) -> str:
+        if self.tempfail_rcpt:
+            reply = "451 4.3.0 Mailbox lookup temporarily unavailable"
+        elif self.mailboxes is None or address.lower() in self.mailboxes:
+            reply = "252 2.0.0 <{0}>" if command == "VRFY" else "250 2.1.5 <{0}> OK"
+        else:
+            reply = "550 5.1.1 <{0}>: Recipient address rejected: User unknown"
+        if self.probe_log is not None:
+            with self.probe_log.open("a") as log:
+                log.write(f"{command} {address} {reply[:3]}\n")
+        return reply.format(address)
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        reply = self._knows("RCPT", address)
+        if reply.startswith("2"):
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
+        return reply
+
+    async def handle_VRFY(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str
+    ) -> str:
+        return self._knows("VRFY", address)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         content = envelope.original_content or b""
@@ -113,7 +152,9 @@ async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
 
 
 async def serve(args: argparse.Namespace, directory: Path) -> None:
-    recorder = Recorder(directory)
+    mailboxes = frozenset(m.lower() for m in args.mailbox) if args.mailbox else None
+    probe_log = Path(args.probe_log) if args.probe_log else None
+    recorder = Recorder(directory, mailboxes, args.tempfail_rcpt, probe_log)
     loop = asyncio.get_running_loop()
     RecordingSMTP.line_length_limit = args.line_length_limit
 
@@ -154,6 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--line-length-limit", type=int, default=DEFAULT_LINE_LENGTH_LIMIT)
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when it is gone")
+    parser.add_argument("--mailbox", action="append", default=[],
+                        help="a known mailbox; with any, other RCPT/VRFY get 550 5.1.1")
+    parser.add_argument("--tempfail-rcpt", action="store_true",
+                        help="answer every RCPT and VRFY with 451 4.3.0")
+    parser.add_argument("--probe-log", help="append 'COMMAND address code' per RCPT/VRFY")
     args = parser.parse_args(argv)
     directory = Path(args.dir)
     directory.mkdir(parents=True, exist_ok=True)

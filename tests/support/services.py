@@ -802,7 +802,13 @@ class RecordingServer:
         port: int | None = None,
         base_dir: Path | None = None,
         hostname: str = "recorder.postwall.test",
+        mailboxes: Iterable[str] | None = None,
+        tempfail_rcpt: bool = False,
     ) -> None:
+        # mailboxes: the only addresses RCPT/VRFY accept (others 550 5.1.1), as an internal
+        # mail server answers a recipient callout; tempfail_rcpt: every RCPT gets 451.
+        self.mailboxes = tuple(mailboxes) if mailboxes is not None else None
+        self.tempfail_rcpt = tempfail_rcpt
         if port is None and os.environ.get("POSTWALL_TEST_RECORDER_PORT"):
             port = int(os.environ["POSTWALL_TEST_RECORDER_PORT"])
         self.host = LOOPBACK
@@ -814,6 +820,7 @@ class RecordingServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.stdout_path = self.base_dir / "stdout.log"
         self.stderr_path = self.base_dir / "stderr.log"
+        self.probe_log_path = self.base_dir / "probes.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -823,6 +830,14 @@ class RecordingServer:
     @property
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    def probes(self) -> list[tuple[str, str, int]]:
+        """(command, address, reply code) of every RCPT and VRFY received, in order."""
+        out = []
+        for line in _read_text(self.probe_log_path).splitlines():
+            command, address, code = line.rsplit(" ", 2)
+            out.append((command, address.split(" ", 1)[-1], int(code)))
+        return out
 
     def start(self, timeout: float = 15.0) -> None:
         if self.is_running:
@@ -842,7 +857,12 @@ class RecordingServer:
             self.hostname,
             "--parent-pid",
             str(os.getpid()),
+            "--probe-log",
+            str(self.probe_log_path),
         ]
+        argv += [f"--mailbox={mailbox}" for mailbox in self.mailboxes or ()]
+        if self.tempfail_rcpt:
+            argv.append("--tempfail-rcpt")
         with self.stdout_path.open("wb") as out, self.stderr_path.open("ab") as err:
             self._proc = subprocess.Popen(
                 argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True
