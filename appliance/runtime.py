@@ -20,8 +20,8 @@ from appliance.dns import Resolver
 from appliance.filters.clamav import is_virus
 from appliance.filters.registry import build_filters, declared_symbols, is_red
 from appliance.learning_loop import LearningLoop
-from appliance.ops import probe
 from appliance.listfiles import ListFiles
+from appliance.ops import probe
 from appliance.pipeline import Pipeline
 from appliance.recipients.verifier import RecipientVerifier
 from appliance.services import ListRegistry, Services, list_file_refs
