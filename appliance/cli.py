@@ -503,5 +503,14 @@ def _add_webui_commands() -> None:
 _add_webui_commands()
 
 
+def _add_dkim_commands() -> None:
+    from appliance.dkim_cli import dkim
+
+    main.add_command(dkim)
+
+
+_add_dkim_commands()
+
+
 if __name__ == "__main__":
     main()

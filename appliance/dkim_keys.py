@@ -119,6 +119,28 @@ def _new_private(algorithm: Algorithm, bits: int) -> bytes:
     )
 
 
+def _owner_of_data_dir(path: Path) -> tuple[int, int] | None:
+    """(uid, gid) of the data directory above <data_dir>/dkim/<domain>/..., when we run as
+    root (an administrator's `postwall dkim ...`): what we make must belong to the
+    service's user, or the proxy could not read its own keys."""
+    if os.geteuid() != 0:
+        return None
+    for parent in path.parents:
+        if parent.name == "dkim":
+            info = parent.parent.stat()
+            return info.st_uid, info.st_gid
+    return None
+
+
+def _hand_over(path: Path) -> None:
+    owner = _owner_of_data_dir(path)
+    if owner is None:
+        return
+    for item in (path.parent.parent, path.parent, path):
+        if item.exists():
+            os.chown(item, *owner, follow_symlinks=False)
+
+
 def _write_new(path: Path, data: bytes) -> None:
     """Create `path` owner-only with `data`; refuse to replace an existing key."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -131,6 +153,7 @@ def _write_new(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        _hand_over(path)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -141,6 +164,7 @@ def _write_active(directory: Path, selector: str) -> None:
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as handle:
         handle.write(selector + "\n")
+    _hand_over(temp)
     os.replace(temp, directory / ACTIVE_FILE)
 
 
