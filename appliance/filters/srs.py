@@ -52,9 +52,12 @@ class _SRSBase(Filter):
         self.key_path = settings.key_file or self.config.data_dir / "srs.keys"
         self.rewriter: srs.SRS | None = None
         self.key_error: str | None = None
+        if self.services.dry_run and not self.key_path.exists():
+            # A dry run (check-config, analyze, the supervisor's check) writes nothing;
+            # the workers make the file.
+            self.key_error = f"key file {self.key_path} not made yet"
+            return
         try:
-            if self.services.dry_run and not self.key_path.exists():
-                raise KeyFileError(f"key file {self.key_path} does not exist")
             self.rewriter = srs.SRS(
                 srs.load_secrets(self.key_path), settings.domain,
                 max_age_days=settings.max_age_days, hash_length=settings.hash_length,
