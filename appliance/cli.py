@@ -577,6 +577,13 @@ def _add_backup_commands() -> None:
 
 
 _add_backup_commands()
+def _add_dkim_commands() -> None:
+    from appliance.dkim_cli import dkim
+
+    main.add_command(dkim)
+
+
+_add_dkim_commands()
 
 
 if __name__ == "__main__":

@@ -76,6 +76,9 @@ class RecipientContext:
 
     address: str
     options: tuple[str, ...] = ()
+    # The address to relay downstream instead, when a check rewrote it (a BATV tag
+    # stripped, an SRS address reversed); None relays `address` as given.
+    relay_address: str | None = None
 
 
 @dataclass
@@ -104,10 +107,22 @@ class TransactionContext:
     auth: AuthResults = field(default_factory=AuthResults)
     # Command addresses (spam@, help@, ...) accepted at RCPT: the mail is consumed.
     command_rcpts: list[str] = field(default_factory=list)
+    # The envelope sender relayed downstream when a check rewrote it (BATV tag, SRS);
+    # None relays `mail_from` as given. `relay_sender` is the one to use.
+    downstream_sender: str | None = None
+    # Recipients relayed under another address than the client gave: relayed -> given.
+    rewritten_rcpts: dict[str, str] = field(default_factory=dict)
+    # Relayed recipients (lower case) whose BATV tag or SRS address validated: bounces
+    # to them are genuine.
+    validated_bounce_rcpts: set[str] = field(default_factory=set)
 
     @property
     def size(self) -> int:
         return len(self.content) if self.content is not None else 0
+
+    @property
+    def relay_sender(self) -> str:
+        return self.mail_from if self.downstream_sender is None else self.downstream_sender
 
     @property
     def sender_domain(self) -> str:

@@ -16,6 +16,7 @@ from appliance.commands.interface import CommandInterface
 from appliance.config import loader
 from appliance.config.loader import LoadedConfig
 from appliance.context import ConnectionContext, IPAddress, TransactionContext
+from appliance.dkim_signing import DKIMSigner
 from appliance.dns import Resolver
 from appliance.filters.clamav import is_virus
 from appliance.filters.registry import build_filters, declared_symbols, is_red
@@ -80,6 +81,7 @@ class Runtime:
         self.recipient_verifier = RecipientVerifier(loaded.config.filters.recipient_verify)
         self.apply(loaded)
         self.pool = DownstreamPool(self.config.downstream, self.config.smtp.hostname)
+        self.dkim_signer = DKIMSigner(self.config)  # outgoing mail (relay listener)
 
     # -- configuration ---------------------------------------------------------
 
@@ -116,6 +118,8 @@ class Runtime:
         self._relay_nets = relay_nets
         self.learning.configure(config, services)
         self.health_token = probe.read_token(config.data_dir)
+        if hasattr(self, "dkim_signer"):
+            self.dkim_signer.configure(config)
         if hasattr(self, "pool"):
             # Idle connections may lead to an old downstream: new transactions reconnect.
             self.pool.drop_idle()

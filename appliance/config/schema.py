@@ -1492,6 +1492,141 @@ class RecipientVerifySettings(FilterSettings):
             out.append(local)
         return out
 
+class BATVSettings(FilterSettings):
+    """Backscatter protection (appliance/batv.py, filters/backscatter.py): outgoing envelope
+    senders of local domains are tagged prvs=KDDDSSSSSS=user@domain; an inbound bounce to
+    a local address is accepted only with a valid tag. Off by default: turn it on only
+    when every outgoing message leaves through the relay listener (a bounce to mail sent
+    around the appliance carries no tag)."""
+
+    mode: Mode = Field(
+        Mode.OFF,
+        description="off (no tagging, no checks), score (a bounce without a valid tag adds "
+        "BATV_* score) or block (it is refused with 550 5.7.1).",
+    )
+    key_file: Path | None = Field(
+        None, description="Keys ('K SECRET' per line, the first signs, all verify); "
+        "generated on first use, owner-only. Default: <data_dir>/batv.keys."
+    )
+    valid_days: int = Field(
+        7, ge=1, le=60, description="Days a tagged return path accepts bounces."
+    )
+    hash: Literal["sha1", "sha256"] = Field(
+        "sha1", description="HMAC of the tag (sha1 is the draft's; changing it voids "
+        "outstanding tags)."
+    )
+    exempt: list[str] = Field(
+        default_factory=lambda: ["postmaster@*", "abuse@*"],
+        description="Addresses never tagged and whose bounces need no tag (mailing-list "
+        "addresses whose software compares the return path): addresses, @domain, "
+        "wildcards or /regex/.",
+    )
+    allow_mdn: bool = Field(
+        True, description="Read receipts (multipart/report; report-type="
+        "disposition-notification) go to the From address, never tagged: accept them."
+    )
+
+
+class SRSSettings(FilterSettings):
+    """Sender Rewriting Scheme (appliance/srs.py, filters/srs.py). Mail on the relay
+    listener whose envelope sender is not in local_domains is mail the internal server
+    forwards: its sender becomes SRS0=HASH=TT=domain=user@<domain> so SPF passes at the
+    next hop; bounces to those addresses are validated and sent back to the original
+    sender. Off by default."""
+
+    mode: Mode = Field(
+        Mode.OFF,
+        description="off (no rewriting), score (an invalid SRS recipient only adds "
+        "SRS_INVALID) or block (it is refused with 550 5.1.1).",
+    )
+    domain: str | None = Field(
+        None, description="Domain of the rewritten senders; must be one of local_domains "
+        "(its MX points at the appliance). Required unless mode is off."
+    )
+    key_file: Path | None = Field(
+        None, description="Secrets (one per line, the first signs, all verify); generated "
+        "on first use, owner-only. Default: <data_dir>/srs.keys."
+    )
+    max_age_days: int = Field(
+        21, ge=1, le=365, description="Days a rewritten sender accepts bounces."
+    )
+    hash_length: int = Field(
+        4, ge=4, le=27, description="Base64 characters of the hash (the paper's 4 is "
+        "1 in 16.7 million to guess)."
+    )
+    exempt: list[str] = Field(
+        default_factory=list,
+        description="Envelope senders on the relay listener never rewritten (addresses, "
+        "@domain, wildcards or /regex/).",
+    )
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        name = value.strip().lower().rstrip(".")
+        if not DOMAIN_RE.match(name):
+            raise ValueError(f"invalid domain name {value!r}")
+        return name
+
+    @model_validator(mode="after")
+    def _needs_domain(self) -> SRSSettings:
+        if self.mode is not Mode.OFF and self.domain is None:
+            raise ValueError("filters.srs.domain is required unless mode is off")
+        return self
+
+
+class DKIMSigningSettings(Section):
+    """DKIM signing (dkimpy) of outgoing mail from the relay listener, with keys made on
+    the appliance (`postwall dkim generate|rotate|show`, <data_dir>/dkim/<domain>/)."""
+
+    enabled: bool = Field(False, description="Sign outgoing mail.")
+    domains: list[str] = Field(
+        default_factory=list,
+        description="Domains to sign for; a message is signed for its From domain (or "
+        "the nearest parent listed). Empty: every domain with a key under "
+        "<data_dir>/dkim. A listed domain without a usable key is an error (on_key_error).",
+    )
+    on_key_error: Literal["send_unsigned", "tempfail"] = Field(
+        "send_unsigned",
+        description="When the key file is missing or unreadable: send the message "
+        "unsigned (logged), or answer 451 so the internal server retries.",
+    )
+    headers: list[str] = Field(
+        default_factory=lambda: [
+            "from", "sender", "reply-to", "subject", "date", "message-id", "to", "cc",
+            "mime-version", "content-type", "content-transfer-encoding", "content-id",
+            "content-description", "in-reply-to", "references", "list-id", "list-help",
+            "list-unsubscribe", "list-unsubscribe-post", "list-subscribe", "list-post",
+            "list-owner", "list-archive",
+        ],
+        description="Header fields signed when present; From and Subject are also "
+        "over-signed so none can be added after signing.",
+    )
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, values: list[str]) -> list[str]:
+        out = []
+        for value in values:
+            name = value.strip().lower().rstrip(".")
+            if not DOMAIN_RE.match(name):
+                raise ValueError(f"invalid domain name {value!r}")
+            out.append(name)
+        return out
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, values: list[str]) -> list[str]:
+        names = [v.strip().lower() for v in values]
+        if "from" not in names:
+            raise ValueError("dkim_signing.headers must include 'from' (RFC 6376 5.4)")
+        for name in names:
+            if not re.fullmatch(r"[!-9;-~]+", name):
+                raise ValueError(f"invalid header field name {name!r}")
+        return names
+
 
 class FilterSection(Section):
     ip_lists: IPListSettings = Field(default_factory=IPListSettings)
@@ -1517,6 +1652,8 @@ class FilterSection(Section):
     recipient_verify: RecipientVerifySettings = Field(
         default_factory=RecipientVerifySettings
     )
+    batv: BATVSettings = Field(default_factory=BATVSettings)
+    srs: SRSSettings = Field(default_factory=SRSSettings)
 
 
 class AutowhitelistSettings(Section):
@@ -1822,6 +1959,7 @@ class Config(Section):
     learning: LearningSettings = Field(default_factory=LearningSettings)
     commands: CommandSettings = Field(default_factory=CommandSettings)
     block_reports: BlockReportSettings = Field(default_factory=BlockReportSettings)
+    dkim_signing: DKIMSigningSettings = Field(default_factory=DKIMSigningSettings)
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
     webui: WebUISettings = Field(default_factory=WebUISettings)
     backup: BackupSettings = Field(default_factory=BackupSettings)

@@ -79,7 +79,8 @@ class RecipientVerifyFilter(Filter):
         rcpt = ctx.current_rcpt
         if rcpt is None:
             return NO_FINDINGS
-        address = rcpt.address
+        # A BATV tag stripped or an SRS address reversed: verify the address relayed.
+        address = rcpt.relay_address or rcpt.address
         local, _, domain = address.rpartition("@")
         if local.lower() in self.plan.always_accept:
             return NO_FINDINGS

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from appliance.filters.address_lists import AddressListFilter, RecipientListFilter
 from appliance.filters.attachments import AttachmentFilter
+from appliance.filters.backscatter import BATVBounceFilter, BATVRecipientFilter, BATVSignFilter
 from appliance.filters.base import Filter, error_symbol_name
 from appliance.filters.bayes import BayesFilter
 from appliance.filters.clamav import ClamAVFilter
@@ -30,6 +31,7 @@ from appliance.filters.regex import RegexFilter
 from appliance.filters.sender import SenderFilter
 from appliance.filters.size import SizeFilter
 from appliance.filters.spf import SPFFilter
+from appliance.filters.srs import SRSForwardFilter, SRSReverseFilter
 from appliance.filters.uribl import URIBLFilter
 from appliance.verdict import Mode, Symbol, SymbolSpec
 
@@ -53,11 +55,16 @@ FILTER_CLASSES: tuple[type[Filter], ...] = (
     FCrDNSFilter,  # mail stage: reads the prefetched reverse DNS, like DNSBLFilter
     SenderFilter,  # after the sender lists: a whitelisted sender is not looked up
     SPFFilter,  # mail stage, after the sender lists (a whitelisted sender is not checked)
+    SRSReverseFilter,  # rcpt: first, so the others see the bounce's real recipient
+    BATVRecipientFilter,  # rcpt: strips the tag before any recipient check
     RecipientVerifyFilter,  # rcpt: unknown users get 550 before lists and greylisting
+    BATVSignFilter,  # mail, relay listener: tags the outgoing envelope sender
+    SRSForwardFilter,  # mail, relay listener: rewrites the sender of forwarded mail
     RecipientListFilter,
     GreylistFilter,  # rcpt: after the recipient lists (noprocessing is never delayed)
     PersonalBlacklistFilter,
     SizeFilter,
+    BATVBounceFilter,  # data: bounces without a valid tag
     AttachmentFilter,
     ClamAVFilter,  # waits on clamd; forced: runs for whitelisted mail too
     RegexFilter,

@@ -214,6 +214,7 @@ class Handler:
         saved_final, saved_accept = tx.final, tx.accepted_by
         saved_symbols = len(tx.symbols)
         result = await runtime.pipeline.run(Stage.RCPT, tx)
+        relayed = tx.current_rcpt.relay_address or address  # BATV tag stripped, SRS reversed
         tx.current_rcpt = None
         if result.final is not None:
             # A refused recipient must not doom the others in the same transaction:
@@ -227,11 +228,13 @@ class Handler:
             if reply.code == 421:  # a check ends the session (directory harvest)
                 server.close_with(reply)
             return str(reply)
-        reply = await self._relay_recipient(session, tx, address)
+        reply = await self._relay_recipient(session, tx, relayed)
         if reply.is_success:
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(rcpt_options)
-            tx.rcpt_tos.append(address)
+            tx.rcpt_tos.append(relayed)
+            if relayed != address:
+                tx.rewritten_rcpts[relayed] = address
         else:
             tx.rejected_recipients.append((address, str(reply)))
         return str(reply)
@@ -268,7 +271,7 @@ class Handler:
         try:
             if session.downstream is None:
                 downstream = DownstreamTransaction(self.runtime.pool)
-                reply = await downstream.begin(tx.mail_from, list(tx.mail_options), address)
+                reply = await downstream.begin(tx.relay_sender, list(tx.mail_options), address)
                 if downstream.active:
                     session.downstream = downstream
                 return reply
@@ -339,6 +342,13 @@ class Handler:
                 await downstream.abort()
             return replies.DOWNSTREAM_FAILED, outcome, None, kept
         rendered = actions.render(tx, outcome, config, inbound=inbound)
+        if not inbound:
+            # Signed last, over the exact octets that leave (our headers included).
+            signed = await runtime.dkim_signer.sign(tx, rendered)
+            if signed is None:  # no usable key and on_key_error: tempfail
+                await downstream.abort()
+                return replies.DKIM_KEY_UNAVAILABLE, outcome, None, kept
+            rendered = signed
         started = time.monotonic()
         try:
             reply = await downstream.send(rendered)

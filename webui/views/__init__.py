@@ -13,6 +13,7 @@ def register_blueprints(app: Flask) -> None:
         configuration,
         connections,
         dashboard,
+        dkim,
         lists,
         messages,
         quarantine,
@@ -20,5 +21,5 @@ def register_blueprints(app: Flask) -> None:
     )
 
     for module in (auth, dashboard, configuration, lists, messages, quarantine, analyzer,
-                   connections, users, blockreport):
+                   connections, users, blockreport, dkim):
         app.register_blueprint(module.bp)
