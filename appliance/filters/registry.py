@@ -55,11 +55,11 @@ FILTER_CLASSES: tuple[type[Filter], ...] = (
     FCrDNSFilter,  # mail stage: reads the prefetched reverse DNS, like DNSBLFilter
     SenderFilter,  # after the sender lists: a whitelisted sender is not looked up
     SPFFilter,  # mail stage, after the sender lists (a whitelisted sender is not checked)
+    BATVSignFilter,  # mail, relay listener: tags the outgoing envelope sender
+    SRSForwardFilter,  # mail, relay listener: rewrites the sender of forwarded mail
     SRSReverseFilter,  # rcpt: first, so the others see the bounce's real recipient
     BATVRecipientFilter,  # rcpt: strips the tag before any recipient check
     RecipientVerifyFilter,  # rcpt: unknown users get 550 before lists and greylisting
-    BATVSignFilter,  # mail, relay listener: tags the outgoing envelope sender
-    SRSForwardFilter,  # mail, relay listener: rewrites the sender of forwarded mail
     RecipientListFilter,
     GreylistFilter,  # rcpt: after the recipient lists (noprocessing is never delayed)
     PersonalBlacklistFilter,
