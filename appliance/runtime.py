@@ -10,7 +10,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from appliance import metrics, mime
+from appliance import metrics, mime, notify
 from appliance.client_state import ClientState
 from appliance.commands.interface import CommandInterface
 from appliance.config import loader
@@ -104,6 +104,8 @@ class Runtime:
         self._local_suffixes = suffixes
         self._relay_nets = relay_nets
         self.learning.configure(config, services)
+        if self.record:  # mail to the administrator (a dry run, such as analyze, sends none)
+            notify.configure(config)
         if hasattr(self, "pool"):
             # Idle connections may lead to an old downstream: new transactions reconnect.
             self.pool.drop_idle()
