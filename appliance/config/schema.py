@@ -1422,7 +1422,7 @@ class SelfCheckSettings(Section):
         "listener's address if it is public, else those checks are 'unknown'."
     )
     postfix_expected_file: Path = Field(
-        Path("/etc/postwall/postfix-expected.conf"), description="`postconf -n` as the "
+        Path("/etc/postfix/postwall-expected.conf"), description="`postconf -n` as the "
         "postfix role left it; the live configuration is compared with it."
     )
     postfix_config_dir: Path | None = Field(
