@@ -332,3 +332,19 @@ def test_running_proxy_mails_the_daily_summary_once(proxy_factory, recorded):
     assert "Classifier training:" in text_of(mail)
     time.sleep(2.5)
     assert len(mails_to(recorded, admin, "summary")) == 1
+
+
+def test_damaged_spool_file_is_set_aside_and_the_rest_is_sent(recorded, postfix, tmp_path,
+                                                              caplog):
+    dead = config_for(tmp_path, free_port())
+    assert notify_event("disk_full", "/a", "spooled while down", config=dead) == "spooled"
+    spool = tmp_path / "data" / "notify" / "spool"
+    (spool / "0-garbage.json").write_text("{not json")
+    from appliance.notify.delivery import retry_spool
+
+    alive = config_for(tmp_path, postfix.port)
+    assert retry_spool(alive, tmp_path / "data" / "notify") == (1, 0)
+    assert "unreadable, moved aside" in caplog.text
+    assert (spool / "0-garbage.bad").exists()
+    [mail] = wait_mails(recorded, "admin-api@example.com", "disk_full")
+    assert "spooled while down" in mail.header("Subject")
