@@ -379,14 +379,14 @@ def _in_loopback(record: str) -> bool:
 
 
 def _postconf(config: Config, *args: str) -> str:
-    argv = ["postconf"]
-    if config.self_checks.postfix_config_dir is not None:
-        argv += ["-c", str(config.self_checks.postfix_config_dir)]
     binary = shutil.which("postconf", path=_SAFE_PATH)
     if binary is None:
         raise FileNotFoundError("postconf is not installed")
+    argv = [binary]
+    if config.self_checks.postfix_config_dir is not None:
+        argv += ["-c", str(config.self_checks.postfix_config_dir)]
     result = subprocess.run(  # noqa: S603 - fixed argv, no shell
-        [binary, *argv[1:], *args], capture_output=True, text=True, timeout=CHECK_TIMEOUT,
+        [*argv, *args], capture_output=True, text=True, timeout=CHECK_TIMEOUT,
         env={"PATH": _SAFE_PATH, "LC_ALL": "C"}, check=False,
     )
     if result.returncode != 0:
