@@ -559,6 +559,67 @@ def upgrade(config_path: Path, version: str | None, wheel: Path | None, rollback
     removed = f", removed {', '.join(result.removed)}" if result.removed else ""
     click.echo(f"{'rolled back' if rollback else 'upgraded'} {result.old} -> {result.new} "
                f"in {result.seconds:.1f}s{held}{removed}")
+@main.group()
+def notify() -> None:
+    """Mail to the administrator: test it, see the daily summary, retry the spool."""
+
+
+def _notifier_or_exit(config_path: Path, *, need_address: bool = True):  # type: ignore[no-untyped-def]
+    from appliance.notify import Notifier
+
+    notifier = Notifier(load_or_exit(config_path).config)
+    if need_address and not notifier.enabled:
+        raise click.ClickException("notifications.admin_address is not set")
+    return notifier
+
+
+@notify.command("test")
+@config_option
+def notify_test(config_path: Path) -> None:
+    """Send a test mail to the administrator now (not rate-limited)."""
+    notifier = _notifier_or_exit(config_path)
+    route = notifier.send_text(
+        "test notification", "This is a test of Postwall's notifications: if you read it, "
+        "the administrator address and the mail route work.\n", "test")
+    address = notifier.settings.admin_address
+    if route in ("spooled", "lost"):
+        click.echo(f"not delivered to {address}: {route} (see the log)", err=True)
+        sys.exit(1)
+    click.echo(f"sent to {address} through {route}")
+
+
+@notify.command("summary")
+@config_option
+@click.option("--print", "print_only", is_flag=True, help="Print it instead of mailing it.")
+def notify_summary(config_path: Path, print_only: bool) -> None:
+    """The daily summary of the last 24 hours, now."""
+    from appliance.notify.summary import build_text
+
+    notifier = _notifier_or_exit(config_path, need_address=not print_only)
+    storage = open_storage_or_exit(config_path)
+    try:
+        text = build_text(notifier, storage)
+    finally:
+        storage.close()
+    if print_only:
+        click.echo(text, nl=False)
+        return
+    route = notifier.send_text("daily summary", text, "summary")
+    click.echo(f"sent to {notifier.settings.admin_address} through {route}")
+    if route in ("spooled", "lost"):
+        sys.exit(1)
+
+
+@notify.command("flush")
+@config_option
+def notify_flush(config_path: Path) -> None:
+    """Send the notifications waiting in the spool (the proxy retries them by itself)."""
+    from appliance.notify.delivery import retry_spool
+
+    notifier = _notifier_or_exit(config_path, need_address=False)
+    sent, waiting = retry_spool(notifier.config, notifier.directory)
+    click.echo(f"sent {sent}, still waiting {waiting}")
+    sys.exit(1 if waiting else 0)
 
 
 def _add_webui_commands() -> None:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from appliance import metrics
+from appliance import metrics, notify
 from appliance.dns import DNSAnswer, reverse_pointer
 from appliance.verdict import SymbolSpec
 
@@ -264,6 +264,7 @@ class ZoneGuard:
         health.reason = ""
         health.next_probe = 0.0
         metrics.DNSBL_ZONE_SUSPENDED.labels(rule.zone).set(0)
+        notify.resolve_background("dnsbl_suspended", rule.zone)
         return True
 
     def suspend(self, rule: ZoneRule, reason: str, seconds: float) -> None:
@@ -276,6 +277,10 @@ class ZoneGuard:
         log.error("DNS list zone %s (%s) suspended for %ds, not scoring: %s", rule.zone,
                   rule.kind.value, round(seconds), reason)
         metrics.DNSBL_ZONE_SUSPENDED.labels(rule.zone).set(1)
+        notify.notify_background(
+            "dnsbl_suspended", rule.zone, f"DNS list zone {rule.zone} suspended: {reason}",
+            f"{rule.kind.value} zone {rule.zone} does not score for {round(seconds)} s.",
+        )
 
     def note_bogus(self, rule: ZoneRule, records: Iterable[str]) -> None:
         """Answers outside 127.0.0.0/8 are ignored; say so at most once a minute."""

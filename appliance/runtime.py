@@ -10,7 +10,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from appliance import metrics, mime
+from appliance import metrics, mime, notify
 from appliance.client_state import ClientState
 from appliance.commands.interface import CommandInterface
 from appliance.config import loader
@@ -120,6 +120,8 @@ class Runtime:
         self.health_token = probe.read_token(config.data_dir)
         if hasattr(self, "dkim_signer"):
             self.dkim_signer.configure(config)
+        if self.record:  # mail to the administrator (a dry run, such as analyze, sends none)
+            notify.configure(config)
         if hasattr(self, "pool"):
             # Idle connections may lead to an old downstream: new transactions reconnect.
             self.pool.drop_idle()

@@ -1929,6 +1929,116 @@ class OpsSettings(Section):
         True, description="Compile a new release's Python files at install (the service "
         "user cannot write them later, so every start would compile them again).",
     )
+def _smarthost(value: str | None) -> str | None:
+    """HOST:PORT where HOST may be a name (a smarthost is not a listener)."""
+    if not value:
+        return None
+    host, sep, port = value.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not DOMAIN_RE.match(host):
+            raise ValueError(f"invalid host name in {value!r}") from None
+    return value.strip()
+
+
+class NotificationSettings(Section):
+    """Mail to the administrator about events that need a human (appliance/notify)."""
+
+    admin_address: str | None = Field(
+        None, description="Who gets event mails (a virus, a suspended DNS list zone, clamd "
+        "or Postfix down, a failed backup, a full disk) and the daily summary. Empty: "
+        "events are only logged."
+    )
+    sender: str | None = Field(
+        None, description="From address of the notifications (default: postwall@<smtp."
+        "hostname>)."
+    )
+    fallback_smarthost: str | None = Field(
+        None, description="HOST:PORT of another mail server (e.g. the internal one) used "
+        "when the local Postfix does not take a notification, so that 'Postfix down' still "
+        "gets out. Without it such mail waits in <data_dir>/notify/spool and is retried."
+    )
+    min_interval_seconds: float = Field(
+        900.0, ge=0, le=86400, description="At least this long between two mails of one "
+        "kind (virus, clamd_down ...); incidents opened meanwhile are mailed together "
+        "afterwards. A repeat of an open incident is only counted."
+    )
+    event_quiet_seconds: float = Field(
+        3600.0, ge=1, le=7 * 86400, description="One-off events (the same virus again) "
+        "count into their open incident until none came for this long."
+    )
+    monitor_interval_seconds: float = Field(
+        60.0, ge=1, le=3600, description="How often worker 0 looks at clamd, Postfix and "
+        "the disk, and retries spooled notifications."
+    )
+    disk_percent: float = Field(
+        90.0, gt=0, le=100, description="Used space (or inodes) of the data directory's "
+        "file system from which a 'disk full' notification goes out."
+    )
+    send_timeout: float = Field(
+        10.0, gt=0, le=120, description="Seconds to connect and hand over one notification."
+    )
+    summary_enabled: bool = Field(
+        True, description="Mail a daily summary (messages by action, top blocked senders "
+        "and clients, top symbols, classifier training) to admin_address."
+    )
+    summary_hour: int = Field(6, ge=0, le=23, description="Hour of the day (UTC) from "
+                              "which the daily summary goes out.")
+
+    @field_validator("fallback_smarthost")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        return _smarthost(value)
+
+    @field_validator("admin_address", "sender")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        local, at, domain = value.strip().rpartition("@")
+        if not at or not local or not DOMAIN_RE.match(domain) or any(
+                c in value for c in " <>,;\r\n"):
+            raise ValueError(f"expected one address like admin@example.com, got {value!r}")
+        return value.strip()
+
+
+class SelfCheckSettings(Section):
+    """What `postwall status` and the dashboard check about the appliance itself."""
+
+    public_address: str | None = Field(
+        None, description="The appliance's public IP address (its MX's A record). Needed "
+        "to check its PTR and whether it is on the configured DNSBLs; empty: the inbound "
+        "listener's address if it is public, else those checks are 'unknown'."
+    )
+    postfix_expected_file: Path = Field(
+        Path("/etc/postfix/postwall-expected.conf"), description="`postconf -n` as the "
+        "postfix role left it; the live configuration is compared with it."
+    )
+    postfix_config_dir: Path | None = Field(
+        None, description="Postfix configuration directory to check (default: Postfix's own)."
+    )
+    clamd_database_dir: Path = Field(
+        Path("/var/lib/clamav"), description="clamd's DatabaseDirectory: its newest file "
+        "dates the signatures when clamd's VERSION answer carries no date."
+    )
+    signatures_warn_days: float = Field(2.0, gt=0, description="Signatures older than "
+                                        "this are a warning.")
+    signatures_fail_days: float = Field(7.0, gt=0, description="Signatures older than "
+                                        "this are a failure.")
+    certificate_warn_days: int = Field(21, ge=1, le=365, description="A certificate "
+                                       "expiring within this many days is a warning.")
+
+    @field_validator("public_address")
+    @classmethod
+    def _ip(cls, value: str | None) -> str | None:
+        if value:
+            ipaddress.ip_address(value.strip())
+            return value.strip()
+        return None
 
 
 class Config(Section):
@@ -1964,6 +2074,8 @@ class Config(Section):
     webui: WebUISettings = Field(default_factory=WebUISettings)
     backup: BackupSettings = Field(default_factory=BackupSettings)
     ops: OpsSettings = Field(default_factory=OpsSettings)
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
+    self_checks: SelfCheckSettings = Field(default_factory=SelfCheckSettings)
 
     @field_validator("relay_networks")
     @classmethod

@@ -12,7 +12,8 @@ import logging
 import re
 from typing import ClassVar
 
-from appliance.clamd import ClamdClient, ClamdError, ClamdSizeLimitExceeded
+from appliance import notify
+from appliance.clamd import ClamdClient, ClamdError, ClamdSizeLimitExceeded, ClamdUnavailable
 from appliance.config.schema import ClamAVSettings
 from appliance.context import TransactionContext
 from appliance.filters.base import Filter, error_symbol_name
@@ -95,12 +96,23 @@ class ClamAVFilter(Filter):
                         "filters.clamav.max_stream_bytes %d?)", ctx.id, len(content),
                         self.cfg.max_stream_bytes)
             return self._oversize(f"{len(content)} octets > clamd's StreamMaxLength")
+        except ClamdUnavailable as exc:
+            if not self.services.dry_run:
+                notify.notify_background("clamd_down", self.cfg.address,
+                                         f"clamd down: {exc}", f"Seen by transaction {ctx.id}.")
+            return self._failed(ctx, exc)
         except ClamdError as exc:
             return self._failed(ctx, exc)
         if result.signature is None:
             return NO_FINDINGS
         signature = shown_signature(result.signature)
         log.info("tx=%s virus %s", ctx.id, signature)
+        if not self.services.dry_run:
+            notify.notify_background(
+                "virus", signature, f"virus {signature} refused from {ctx.connection.peer_ip}",
+                f"Transaction {ctx.id}: from <{ctx.mail_from}> to {', '.join(ctx.rcpt_tos)}, "
+                f"client {ctx.connection.peer_ip} (HELO {ctx.connection.helo or '-'}).",
+            )
         return self.reject(VIRUS_SYMBOL, signature, virus_reply(signature), force=True)
 
     def _oversize(self, reason: str) -> Verdict:

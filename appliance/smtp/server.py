@@ -132,6 +132,9 @@ async def _maintenance(runtime: object, index: int) -> None:
 
     assert isinstance(runtime, Runtime)
     last_retention = 0.0
+    from appliance.notify.monitor import Monitor
+
+    monitor = Monitor()  # clamd, Postfix and disk incidents; the daily summary
     while True:
         await asyncio.sleep(MAINTENANCE_SECONDS)
         try:
@@ -141,6 +144,8 @@ async def _maintenance(runtime: object, index: int) -> None:
             if index == 0:
                 await runtime.learning.periodic(runtime.loaded.base_path)
             runtime.pool.prune()
+            if index == 0:
+                await monitor.tick(runtime.config, runtime.storage)
             if index == 0 and time.monotonic() - last_retention > RETENTION_SECONDS:
                 last_retention = time.monotonic()
                 await asyncio.to_thread(_retention, runtime)

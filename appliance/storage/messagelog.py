@@ -301,6 +301,30 @@ class MessageLog:
         with self._db.read() as conn:
             return [(name, int(n), float(total)) for name, n, total in conn.execute(query)]
 
+    def top_values(
+        self,
+        column: str,
+        since: datetime,
+        *,
+        actions: Sequence[str] | None = None,
+        limit: int = 10,
+        until: datetime | None = None,
+    ) -> list[tuple[str, int]]:
+        """The most frequent values of `column` ("sender" or "client_ip") among messages
+        in [since, until) that ended with one of `actions`, as (value, messages)."""
+        if column not in ("sender", "client_ip"):
+            raise ValueError(f"top_values of {column!r} is not supported")
+        m = message_log
+        value = m.c[column]
+        filters = self._filters(None, None, None, None, None, since, until)
+        if actions:
+            filters.append(m.c.action.in_([_action_text(a) for a in actions]))
+        n = func.count().label("n")
+        query = (select(value, n).where(*filters).group_by(value)
+                 .order_by(n.desc(), value).limit(limit))
+        with self._db.read() as conn:
+            return [(str(v), int(count)) for v, count in conn.execute(query)]
+
     @staticmethod
     def _filters(
         sender: str | None,

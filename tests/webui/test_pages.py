@@ -344,6 +344,9 @@ def test_dashboard_counts_health_and_top_symbols(logged: Appliance, operator: UI
     page = operator.get("/").get_data(as_text=True)
     for name in ("proxy", "postfix", "clamd", "dns", "disk", "backup"):
         assert f'data-check="{name}"' in page
+    for name in ("postfix_config", "clamd_signatures", "certificates", "hostname_ptr",
+                 "own_dnsbl", "versions"):  # the self-checks, from the same status.py
+        assert f'data-check="{name}"' in page
     assert 'class="tile state-fail" data-check="proxy"' in page
     assert "not running: no worker answers on the control socket" in page
     assert '<rect class="a-reject"' in page and '<rect class="a-deliver"' in page
