@@ -23,6 +23,8 @@ from appliance.backup.lock import exclusive_run
 from appliance.backup.targets import Target, configured_targets
 from appliance.backup.verify import VerifyReport, verify_backup
 from appliance.config.loader import LoadedConfig
+from appliance.config.schema import Config
+from appliance.notify import notify_event, notify_resolved
 
 Progress = Callable[[str], None]
 
@@ -118,16 +120,25 @@ def run_backup(
             result.seconds = time.monotonic() - started
             if report is not None:
                 state.record_success(data_dir, name.name, result.targets, now)
+                notify_resolved("backup_failed", "backup", config=config)
             return result
         except BackupError as exc:
-            state.record_failure(data_dir, str(exc), datetime.now(UTC))
+            _failed(config, data_dir, str(exc))
             raise
         except Exception as exc:
-            state.record_failure(data_dir, f"{type(exc).__name__}: {exc}", datetime.now(UTC))
+            _failed(config, data_dir, f"{type(exc).__name__}: {exc}")
             raise BackupError(f"backup failed: {type(exc).__name__}: {exc}") from exc
         finally:
             if work is not None:
                 shutil.rmtree(work, ignore_errors=True)
+
+
+def _failed(config: Config, data_dir: Path, reason: str) -> None:
+    """Record the failure for `postwall status` and tell the administrator (one mail per
+    incident: repeated nightly failures are counted, and a verified backup resolves it)."""
+    state.record_failure(data_dir, reason, datetime.now(UTC))
+    notify_event("backup_failed", "backup", "the backup failed or did not verify", reason,
+                 config=config)
 
 
 def _unused_name(name: BackupName, targets: list[Target]) -> BackupName:

@@ -355,3 +355,22 @@ def test_damaged_spool_file_is_set_aside_and_the_rest_is_sent(recorded, postfix,
     assert (spool / "0-garbage.bad").exists()
     [mail] = wait_mails(recorded, "admin-api@example.com", "disk_full")
     assert "spooled while down" in mail.header("Subject")
+
+
+def test_a_failed_backup_mails_the_administrator_once(recorded, postfix, tmp_path):
+    admin = "admin-backup@example.com"
+    (tmp_path / "a-file").write_text("not a directory\n")
+    missing = tmp_path / "a-file" / "backups"  # cannot be created: its parent is a file
+    config = write_config(tmp_path, {
+        "data_dir": str(tmp_path / "data"), "downstream": {"port": postfix.port},
+        "smtp": {"hostname": "postwall.test"},
+        "notifications": {"admin_address": admin},
+        "backup": {"directory": str(missing)},
+    })
+    for _ in range(2):
+        result = run_cli("backup", config=config)
+        assert result.returncode != 0 and str(missing) in result.stderr
+    [mail] = wait_mails(recorded, admin, "backup_failed")
+    assert str(missing) in text_of(mail)
+    time.sleep(1.0)
+    assert len(mails_to(recorded, admin, "backup_failed")) == 1  # the second is counted
