@@ -10,6 +10,11 @@ next round scores again with the new counts; messages still on the wrong side ga
 up to `max_weight`. It is a form of train-until-mature (CRM114's TUNE): the counts of the
 ordinary messages stay, the ones near the boundary get the weight that pulls it in.
 
+The raised weights live only in the token counts, not in the ledger: learning between
+rebuilds adds and takes off ledger weights, so a correction of a matured message leaves
+the extra weight in the counts until the next rebuild, which starts again from the
+ledger.
+
 On the SpamAssassin public corpus (benchmarks/bayes_accuracy.py, seeds 1-5) three rounds
 took the false-negative rate at 0.25% false positives from 4.17% to 2.68%: the commercial
 ham that users asked for weighs enough to stop looking like spam.
