@@ -146,6 +146,7 @@ def test_a_second_upgrade_is_refused_while_one_runs(appliance, wheels):
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
         os.pwrite(fd, b"pid 1: upgrade\n", 0)
         result = run_upgrade(home, config_path, "--wheel", str(wheels["0.1.1"]))
     finally:
