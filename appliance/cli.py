@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -543,8 +544,11 @@ def upgrade(config_path: Path, version: str | None, wheel: Path | None, rollback
     if sum(x is not None and x is not False for x in (version, wheel, rollback or None)) != 1:
         raise click.UsageError("give exactly one of --to VERSION, --wheel FILE, --rollback")
     loaded = load_or_exit(config_path)
-    upgrader = Upgrader(loaded.config, config_path, home,
-                        progress=lambda line: click.echo(line, err=True))
+    started = time.monotonic()
+    upgrader = Upgrader(  # each step with the seconds since the start: where the time goes
+        loaded.config, config_path, home,
+        progress=lambda line: click.echo(f"[{time.monotonic() - started:5.1f}s] {line}", err=True),
+    )
     try:
         if rollback:
             result = upgrader.rollback()

@@ -23,6 +23,7 @@ from appliance.filters.registry import build_filters, declared_symbols, is_red
 from appliance.learning_loop import LearningLoop
 from appliance.listfiles import ListFiles
 from appliance.ops import probe
+from appliance.ops.flag import active_flag
 from appliance.pipeline import Pipeline
 from appliance.recipients.verifier import RecipientVerifier
 from appliance.services import ListRegistry, Services, list_file_refs
@@ -64,8 +65,13 @@ class Runtime:
         self.sessions: set[PostwallSMTP] = set()
         self.counts = counts if counts is not None else ConnectionCounts()
         self.draining = False
-        # Upgrades and restores: new sessions get 421, messages 451 (appliance/ops).
-        self.maintenance = False
+        # Upgrades and restores: new sessions get 421, messages 451 (appliance/ops). A
+        # worker started while a maintenance window is open starts in maintenance.
+        self.maintenance_flag = active_flag(loaded.config.data_dir)
+        self.maintenance = self.maintenance_flag is not None
+        if self.maintenance:
+            log.warning("worker %d starts in maintenance (%s window open)", worker,
+                        self.maintenance_flag)
         self._sessions_changed = asyncio.Event()
         self.log_writer = (
             MessageLogWriter(storage.messagelog) if storage is not None and record else None
@@ -239,6 +245,7 @@ class Runtime:
         Returns how many sessions were closed at once."""
         self.maintenance = on
         if not on:
+            self.maintenance_flag = None
             return 0
         closed = 0
         for session in list(self.sessions):

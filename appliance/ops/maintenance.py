@@ -4,6 +4,8 @@
         ...  # the proxy and the web UI are stopped; change releases, files, databases
 
 On entry:
+0. the maintenance flag (appliance/ops/flag.py) is raised, so that a worker restarted
+   while the window is open comes up in maintenance as well;
 1. every proxy worker is told (control socket, `maintenance on`) to refuse new sessions
    with `421 4.3.2`, to answer `451 4.3.2` to a message whose end of data arrives, and to
    close every other session with 421 once its message in flight (if any) is answered:
@@ -13,9 +15,9 @@ On entry:
    later`, so that senders queue and retry while the proxy is down;
 3. once the sessions are gone (or `ops.drain_timeout` passed), the services are stopped.
 
-On a clean exit: the services start again (the proxy joins the held sockets through
-SO_REUSEPORT), the holding responder answers what is queued and closes as soon as a new
-worker serves, and the health gate runs; `HealthGateFailed` if it fails, with the
+On a clean exit: the flag is lowered, the services start again (the proxy joins the held
+sockets through SO_REUSEPORT), the holding responder answers what is queued and closes as
+soon as a new worker serves, and the health gate runs; `HealthGateFailed` if it fails, with the
 services left as they are (the caller rolls back, in a new window).
 On an exception inside the block: the services are started as they were and the
 exception goes on.
@@ -33,6 +35,7 @@ from types import TracebackType
 
 from appliance.config.schema import Config
 from appliance.control import ControlClient
+from appliance.ops.flag import lower_flag, raise_flag
 from appliance.ops.health import GateResult, HealthGateFailed, run_gate
 from appliance.ops.holder import HoldingResponder
 from appliance.ops.services import PROXY, WEBUI, ServiceManager, service_manager
@@ -96,12 +99,14 @@ class MaintenanceWindow:
         report.opened_at = time.monotonic()
         managed = [name for name in (WEBUI, PROXY) if self.services.installed(name)]
         self._was_running = {name: self.services.is_running(name) for name in managed}
+        raise_flag(self.config.data_dir, self.reason)
         reached = self.control.set_maintenance(True)
         self.progress(f"maintenance ({self.reason}): {len(reached)} proxy worker(s) now "
                       "answer 421/451")
         try:
             self.holder = HoldingResponder.for_config(self.config)
         except OSError as exc:
+            lower_flag(self.config.data_dir)
             self.control.set_maintenance(False)
             raise MaintenanceError(f"cannot hold the SMTP ports: {exc}") from exc
         self.holder.start()
@@ -112,6 +117,7 @@ class MaintenanceWindow:
                     self.services.stop(name)
                     report.stopped.append(name)
         except Exception:
+            lower_flag(self.config.data_dir)
             self._start_services(list(self._was_running))
             self._release_holder()
             self.control.set_maintenance(False)
@@ -142,6 +148,8 @@ class MaintenanceWindow:
         wanted = [name for name, running in self._was_running.items() if running]
         if PROXY not in wanted and PROXY in self._was_running:
             wanted.append(PROXY)  # a gateway leaves maintenance serving mail
+        # Before anything starts: the new workers must not come up in maintenance.
+        lower_flag(self.config.data_dir)
         if exc_type is not None:
             try:
                 self._start_services(wanted)

@@ -3,8 +3,9 @@
     backup (the current release's `postwall backup`, unless --no-backup)
     -> install releases/VERSION (a new virtual environment)
     -> `releases/VERSION/bin/postwall check-config` against the live configuration
-    -> maintenance window: switch `current`, restart, health gate
-    -> on any failure after the switch: switch back in a new window, restart, gate again
+    -> maintenance window: snapshot the databases, switch `current`, restart, health gate
+    -> on any failure after the switch: in a new window put back the databases the new
+       release migrated (appliance/ops/databases.py), switch back, restart, gate again
 
 `--rollback` switches to the `previous` release through the same window and gate. Only
 one upgrade, backup or restore runs at a time (locks in data_dir/run).
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +23,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.backup.errors import BackupError
 from appliance.config.schema import Config
+from appliance.ops.databases import ROLLBACK_DIR, DatabaseRollback
 from appliance.ops.health import HealthGateFailed
 from appliance.ops.maintenance import MaintenanceError, MaintenanceWindow, WindowReport
 from appliance.ops.releases import ReleaseError, Releases, check_version, version_of_wheel
@@ -86,16 +90,15 @@ class Upgrader:
                 new = version_of_wheel(wheel)
                 if not wheel.is_file():
                     raise UpgradeError(f"{wheel}: no such file")
-                spec = str(self._keep_wheel(wheel))
             elif version is not None:
                 new = check_version(version)
-                spec = f"postwall=={new}"
             else:
                 raise UpgradeError("say --to VERSION, --wheel FILE or --rollback")
             if new == old:
                 raise UpgradeError(f"{new} is already the current release")
-            if backup:
+            if backup:  # first: a failed backup leaves everything as it was
                 self._backup(old)
+            spec = str(self._keep_wheel(wheel)) if wheel is not None else f"postwall=={new}"
             self.progress(f"installing {new} into {self.releases.path(new)}")
             self.releases.install(spec, new, pip_args=self.config.ops.pip_args,
                                   compile_bytecode=self.config.ops.compile_bytecode)
@@ -164,25 +167,38 @@ class Upgrader:
 
     def _switch_with_rollback(self, old: str, new: str, *, reason: str) -> WindowReport:
         links = (self.releases.current(), self.releases.previous())
+        databases = DatabaseRollback(Path(self.config.data_dir), self.run_dir / ROLLBACK_DIR)
         with _locked(self.run_dir / BACKUP_LOCK, reason):
             try:
                 with self._window(reason) as window:
+                    # The services are stopped: the snapshot is exactly what the old
+                    # release left, and nothing writes until the new one starts.
+                    try:
+                        databases.save(self.progress)
+                    except (BackupError, OSError, sqlite3.Error) as exc:
+                        raise MaintenanceError(f"cannot save the databases: {exc}") from exc
                     self.releases.switch(new)
                     self.progress(f"switched {self.releases.current_link} to {new}; restarting")
+                databases.discard()  # the backup taken first is the lasting copy
                 return window.report
             except (HealthGateFailed, ReleaseError, MaintenanceError, OSError) as exc:
                 failure = exc
             if isinstance(failure, MaintenanceError):
+                databases.discard()
                 raise UpgradeError(f"{reason} to {new} not started: {failure}") from failure
             self.progress(f"{reason} to {new} failed: {failure}; switching back to {old}")
             try:
                 with self._window("rollback") as window:
+                    databases.put_back(self.progress)
                     self.releases.restore_links(*links)
-            except (HealthGateFailed, ReleaseError, MaintenanceError, OSError) as second:
+            except (HealthGateFailed, ReleaseError, MaintenanceError, OSError,
+                    sqlite3.Error) as second:
                 raise UpgradeError(
                     f"{reason} to {new} failed ({failure}) AND the switch back to {old} "
-                    f"failed ({second}): the appliance needs attention now"
+                    f"failed ({second}): the appliance needs attention now (the databases "
+                    f"of before the {reason} are in {databases.directory})"
                 ) from second
+            databases.discard()
             raise UpgradeError(
                 f"{reason} to {new} failed and was rolled back; {old} serves again: {failure}"
             ) from failure

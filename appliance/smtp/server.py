@@ -138,6 +138,7 @@ async def _maintenance(runtime: object, index: int) -> None:
     while True:
         await asyncio.sleep(MAINTENANCE_SECONDS)
         try:
+            _forget_stale_maintenance(runtime)
             await runtime.refresh_lists()
             await runtime.client_state.refresh()
             await runtime.learning.refresh()
@@ -151,6 +152,19 @@ async def _maintenance(runtime: object, index: int) -> None:
                 await asyncio.to_thread(_retention, runtime)
         except Exception:
             log.exception("maintenance failed")
+
+
+def _forget_stale_maintenance(runtime: object) -> None:
+    """A worker that started in maintenance because of the flag (appliance/ops/flag.py)
+    serves again once the window that raised it is gone without saying so (killed):
+    a forgotten flag must not keep refusing mail."""
+    from appliance.ops.flag import active_flag
+    from appliance.runtime import Runtime
+
+    assert isinstance(runtime, Runtime)
+    if runtime.maintenance_flag is not None and active_flag(runtime.config.data_dir) is None:
+        log.warning("worker %d: the maintenance window is gone; serving again", runtime.worker)
+        runtime.set_maintenance(False)
 
 
 def _retention(runtime: object) -> None:

@@ -4,6 +4,8 @@ responder while the proxy is down, mail flowing again afterwards."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import threading
 import time
@@ -12,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from appliance.config import loader
+from appliance.control import ControlClient
+from appliance.ops.flag import flag_path, lower_flag, raise_flag
 from appliance.ops.maintenance import MaintenanceWindow
 from appliance.ops.services import PROXY, ProcessServices
 from tests.support.releases import PortWatch, SenderLoop
@@ -144,3 +148,50 @@ def test_mail_sent_through_a_window_is_delivered_exactly_once(managed_proxy, rec
     messages = recorded.wait_for(len(sender.accepted), timeout=30)
     subjects = sorted(m.message["Subject"] for m in messages)
     assert subjects == sorted(sender.accepted), "lost or duplicated mail"
+
+
+def _greeting(host: str, port: int) -> str:
+    client = Raw(host, port)
+    try:
+        return client.reply()
+    finally:
+        client.close()
+
+
+def test_a_worker_restarted_during_maintenance_comes_back_in_maintenance(managed_proxy):
+    proxy, config, _services, _home = managed_proxy
+    host, port = proxy.inbound
+    control = ControlClient(config.data_dir)
+    [worker] = control.workers()
+    # What the window does first: the flag (held by this process), then the control socket.
+    raise_flag(config.data_dir, "upgrade")
+    try:
+        assert control.set_maintenance(True)
+        assert _greeting(host, port).startswith("421 4.3.2")
+        os.kill(worker.pid, signal.SIGKILL)  # the supervisor starts a new worker
+        assert wait_until(lambda: [w.pid for w in control.workers()] not in ([], [worker.pid]),
+                          30)
+        # The new worker was never told over the control socket: it read the flag.
+        for _ in range(3):
+            assert _greeting(host, port).startswith("421 4.3.2")
+    finally:
+        lower_flag(config.data_dir)
+    # A window that vanished without saying so (no "maintenance off"): the worker notices
+    # the flag is gone at its next periodic tick and serves again.
+    assert wait_until(lambda: _greeting(host, port).startswith("220"), 15)
+
+
+def test_a_stale_flag_does_not_keep_a_worker_in_maintenance(managed_proxy):
+    proxy, config, _services, _home = managed_proxy
+    host, port = proxy.inbound
+    control = ControlClient(config.data_dir)
+    [worker] = control.workers()
+    # A flag left by a window whose process is gone (no such pid: beyond pid_max).
+    flag_path(config.data_dir).write_text("999999999 12345 upgrade\n")
+    try:
+        os.kill(worker.pid, signal.SIGKILL)
+        assert wait_until(lambda: [w.pid for w in control.workers()] not in ([], [worker.pid]),
+                          30)
+        assert _greeting(host, port).startswith("220")
+    finally:
+        lower_flag(config.data_dir)

@@ -1,14 +1,21 @@
 """Wheels and release installations for the upgrade tests.
 
-`build_wheel(dest, version, patches)` builds a wheel of this work tree (tracked and new,
-not ignored files) with the version changed and optional source patches, e.g. a release
-that is DELIBERATELY BROKEN. `SenderLoop` sends numbered messages like an MTA: every 4xx
-or refused connection is retried until the message is accepted once.
+`build_wheel(dest)` builds a real wheel of this work tree (tracked and new, not ignored
+files) with pip, once. `derive_wheel(base, dest, version, patches, files)` makes the other
+releases from it in well under a second: the same wheel with the version changed,
+optional source patches (e.g. a release that is DELIBERATELY BROKEN) and added files (e.g.
+a new migration), its RECORD rewritten. `build_wheelhouse(dest)` collects the wheels of
+every dependency once, so that the releases the tests install (a real venv and
+a real `pip install` of the release's wheel) need no index: ops.pip_args = `--no-index
+--find-links WHEELHOUSE`. `SenderLoop` sends numbered messages like an MTA: every 4xx or
+refused connection is retried until the message is accepted once.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import shutil
 import smtplib
 import socket
@@ -16,10 +23,13 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+BASE_VERSION = "0.1.0"
 
 
 def _source_files() -> list[str]:
@@ -30,35 +40,76 @@ def _source_files() -> list[str]:
     return [name for name in out.split("\0") if name and (REPO_ROOT / name).is_file()]
 
 
-def build_wheel(dest: Path, version: str, patches: dict[str, tuple[str, str]] | None = None
-                ) -> Path:
-    """A wheel postwall-VERSION-py3-none-any.whl in `dest`; `patches` maps a file to
-    (old text, new text) replaced in the copy."""
-    src = dest / f"src-{version}"
+def build_wheel(dest: Path) -> Path:
+    """postwall-0.1.0-py3-none-any.whl of this work tree, built by pip, in `dest`."""
+    src = dest / "src"
     for name in _source_files():
         if name.startswith(("molecule/", "tests/", "benchmarks/", "roles/", ".ci/")):
             continue
         target = src / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO_ROOT / name, target)
-    edits = {
-        "pyproject.toml": ('version = "0.1.0"', f'version = "{version}"'),
-        "appliance/__init__.py": ('__version__ = "0.1.0"', f'__version__ = "{version}"'),
-        **(patches or {}),
-    }
-    for name, (old, new) in edits.items():
-        path = src / name
-        text = path.read_text()
-        assert old in text, f"{name}: {old!r} not found"
-        path.write_text(text.replace(old, new, 1))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dest), str(src)],
         check=True, capture_output=True,
     )
-    wheel = dest / f"postwall-{version}-py3-none-any.whl"
+    wheel = dest / f"postwall-{BASE_VERSION}-py3-none-any.whl"
     assert wheel.exists(), f"no {wheel.name} in {dest}"
     shutil.rmtree(src)
     return wheel
+
+
+def _record_hash(data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"sha256={digest}"
+
+
+def derive_wheel(
+    base: Path, dest: Path, version: str, patches: dict[str, tuple[str, str]] | None = None,
+    files: dict[str, str] | None = None,
+) -> Path:
+    """The base wheel as release `version`; `patches` maps a file of the wheel to (old
+    text, new text) replaced once, `files` adds files (path in the wheel -> text)."""
+    old_info, new_info = f"postwall-{BASE_VERSION}.dist-info/", f"postwall-{version}.dist-info/"
+    edits = {
+        "appliance/__init__.py": (f'__version__ = "{BASE_VERSION}"', f'__version__ = "{version}"'),
+        f"{old_info}METADATA": (f"\nVersion: {BASE_VERSION}\n", f"\nVersion: {version}\n"),
+        **(patches or {}),
+    }
+    contents: dict[str, bytes] = {}
+    with zipfile.ZipFile(base) as source:
+        for name in source.namelist():
+            if name == f"{old_info}RECORD":
+                continue
+            data = source.read(name)
+            if name in edits:
+                old, new = edits.pop(name)
+                text = data.decode()
+                assert old in text, f"{name}: {old!r} not found"
+                data = text.replace(old, new, 1).encode()
+            contents[name.replace(old_info, new_info, 1)] = data
+    assert not edits, f"not in the wheel: {sorted(edits)}"
+    for name, text in (files or {}).items():
+        contents[name] = text.encode()
+    wheel = dest / f"postwall-{version}-py3-none-any.whl"
+    record = [f"{name},{_record_hash(data)},{len(data)}" for name, data in contents.items()]
+    record.append(f"{new_info}RECORD,,")
+    contents[f"{new_info}RECORD"] = ("\n".join(record) + "\n").encode()
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as out:
+        for name, data in contents.items():
+            out.writestr(name, data)
+    return wheel
+
+
+def build_wheelhouse(dest: Path) -> Path:
+    """The wheels of every dependency in pyproject.toml (pip's cache and indexes, once)."""
+    with open(REPO_ROOT / "pyproject.toml", "rb") as handle:
+        dependencies = tomllib.load(handle)["project"]["dependencies"]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "-w", str(dest), *dependencies],
+        check=True, capture_output=True,
+    )
+    return dest
 
 
 def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -124,6 +175,7 @@ class SenderLoop:
     accepted: list[str] = field(default_factory=list)
     temporary_failures: int = 0
     permanent_failures: list[str] = field(default_factory=list)
+    unsent: str | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -146,10 +198,16 @@ class SenderLoop:
                 f"body of {ident}\r\n")
 
     def _send_once(self, ident: str) -> bool:
+        client = None
         try:
-            with smtplib.SMTP(self.host, self.port, timeout=20) as client:
-                client.ehlo("sender.example.org")
-                client.sendmail("sender@example.org", [self.recipient], self._message(ident))
+            client = smtplib.SMTP(self.host, self.port, timeout=20)
+            client.ehlo("sender.example.org")
+            client.sendmail("sender@example.org", [self.recipient], self._message(ident))
+            # The 250 after the data is what counts, as for an MTA: whatever answers the
+            # QUIT (a proxy entering maintenance closes with 421) changes nothing, and
+            # sending the message again would deliver it twice.
+            with contextlib.suppress(OSError, smtplib.SMTPException):
+                client.quit()
             return True
         except smtplib.SMTPResponseException as exc:
             if exc.smtp_code >= 500:
@@ -162,6 +220,9 @@ class SenderLoop:
                 return True
         except (OSError, smtplib.SMTPException):
             pass
+        finally:
+            if client is not None:
+                client.close()
         self.temporary_failures += 1
         return False
 
@@ -171,7 +232,9 @@ class SenderLoop:
             number += 1
             ident = f"{self.prefix}-{number}"
             while not self._send_once(ident):
-                time.sleep(0.1)  # an MTA waits minutes; the test has no time for that
+                if self._stop.wait(0.1):  # an MTA waits minutes; the test has no time
+                    self.unsent = ident  # stopped before this one got through
+                    return
             self.accepted.append(ident)
             with contextlib.suppress(Exception):
                 time.sleep(0.05)
