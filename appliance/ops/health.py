@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import ipaddress
 import socket
 import ssl
 import time
@@ -24,6 +25,9 @@ from email.utils import formatdate
 
 from appliance.config.schema import Config, parse_hostport
 from appliance.ops import probe
+from appliance.smtp.replies import RELAY_CLIENT_DENIED
+
+RELAY_DENIED_TEXT = RELAY_CLIENT_DENIED.text
 
 STEP_TIMEOUT = 10.0
 RETRY_INTERVAL = 0.2
@@ -107,15 +111,28 @@ class SMTPDialogue:
         self.sock.close()
 
 
-def check_banner(host: str, port: int, timeout: float = STEP_TIMEOUT) -> str:
+def check_banner(
+    host: str, port: int, timeout: float = STEP_TIMEOUT, *, expect: int = 220
+) -> str:
+    """The listener's first reply. `expect` 554: the relay listener refusing the gate's
+    own address (not in relay_networks) with Postwall's relay-ACL reply, which proves the
+    proxy answers there as well as a 220 would."""
     dialogue = SMTPDialogue(_connect_host(host), port, timeout)
     try:
         code, text = dialogue.reply()
     finally:
         dialogue.close()
-    if code != 220:
+    if code != expect or (expect == 554 and RELAY_DENIED_TEXT not in text):
         raise StepFailed(f"{dialogue.where}: banner {text!r}")
     return text
+
+
+def relay_banner_code(config: Config, host: str) -> int:
+    """220 when the address the gate connects from may use the relay listener, else the
+    554 of the relay ACL: a real appliance rarely lists loopback in relay_networks."""
+    source = ipaddress.ip_address(_connect_host(host))
+    allowed = any(source in ipaddress.ip_network(n) for n in config.relay_networks)
+    return 220 if allowed else 554
 
 
 def probe_recipient(config: Config) -> str:
@@ -187,7 +204,9 @@ def gate_steps(config: Config, *, webui: bool) -> list[tuple[str, Callable[[], s
     for kind, value in (("inbound", config.listen.inbound), ("relay", config.listen.relay)):
         if value:
             host, port = parse_hostport(value)
-            steps.append((f"{kind} banner", lambda h=host, p=port: check_banner(h, p)))
+            code = relay_banner_code(config, host) if kind == "relay" else 220
+            steps.append((f"{kind} banner",
+                          lambda h=host, p=port, c=code: check_banner(h, p, expect=c)))
     steps.append(("probe message", lambda: send_probe(config)))
     if webui:
         steps.append(("web UI", lambda: check_webui(config)))

@@ -195,3 +195,20 @@ def test_a_stale_flag_does_not_keep_a_worker_in_maintenance(managed_proxy):
         assert _greeting(host, port).startswith("220")
     finally:
         lower_flag(config.data_dir)
+
+
+def test_the_gate_passes_when_loopback_may_not_relay(proxy_factory):
+    # A real appliance lists only the internal servers in relay_networks: the relay
+    # listener refuses the gate's 127.0.0.1 with its ACL reply, which still proves it up.
+    from appliance.ops.health import HealthGateFailed, run_gate
+
+    proxy = proxy_factory({"relay_networks": ["192.0.2.0/24"], **OPS})
+    config = loader.load(proxy.config_path).config
+    result = run_gate(config, timeout=20)
+    relay = [line for line in result.passed if line.startswith("relay banner")]
+    assert relay and "Relay access denied" in relay[0]
+    assert any(line.startswith("probe message") for line in result.passed)
+    # And a listener that does not answer at all still fails the gate, with the reason.
+    proxy.stop()
+    with pytest.raises(HealthGateFailed, match="inbound banner"):
+        run_gate(config, timeout=2)
