@@ -71,6 +71,9 @@ class RecipientVerifyFilter(Filter):
         assert isinstance(settings, RecipientVerifySettings)
         self.harvest = settings.harvest
         self.plan = build_plan(settings, self.config.smtp.hostname)
+        domains = self.config.local_domains
+        self.local_exact = frozenset(d for d in domains if not d.startswith("*."))
+        self.local_suffixes = tuple(d[1:] for d in domains if d.startswith("*."))
         shared = getattr(self.services, "recipient_verifier", None)
         self.verifier: RecipientVerifier = shared if shared is not None else RecipientVerifier()
         self.verifier.configure(settings)
@@ -82,6 +85,9 @@ class RecipientVerifyFilter(Filter):
         # A BATV tag stripped or an SRS address reversed: verify the address relayed.
         address = rcpt.relay_address or rcpt.address
         local, _, domain = address.rpartition("@")
+        domain = domain.lower().rstrip(".")
+        if domain not in self.local_exact and not domain.endswith(self.local_suffixes):
+            return NO_FINDINGS  # a bounce to an SRS address goes back to an outside sender
         if local.lower() in self.plan.always_accept:
             return NO_FINDINGS
         plan = self.plan.for_domain(domain)

@@ -314,3 +314,32 @@ def wait_for_log(proxy, text: str, timeout: float = 5.0) -> bool:
     raise AssertionError(f"{text!r} not in the proxy log:\n{proxy.stderr_text()[-3000:]}")
 
 
+
+
+# -- with recipient verification -------------------------------------------------------------
+
+
+def test_recipient_verification_judges_the_address_behind_the_tag_and_the_srs_address(
+        proxy_factory, recorded, zones):
+    # Only alice is a user of ZONE: verification must look through the BATV tag (alice is
+    # known, carol is not) and leave an SRS bounce alone (it goes back to an outside
+    # sender, whom the internal server cannot know).
+    proxy = proxy_factory(config(zones.nameserver, filters={"recipient_verify": {
+        "mode": "block", "default": {"method": "static"},
+        "valid_recipients": [f"alice@{ZONE}", f"@{SRS_DOMAIN}", "@example.com"]}}))
+    key = batv_keys(proxy)[0]
+    tagged = batv.sign(f"alice@{ZONE}", key)
+    assert inbound_send(proxy, "", tagged, dsn(tagged, "bounce to a user")).accepted
+    assert only(recorded, "bounce to a user").rcpt_tos == (f"alice@{ZONE}",)
+
+    stranger = batv.sign(f"carol@{ZONE}", key)
+    result = inbound_send(proxy, "", stranger, dsn(stranger, "bounce to nobody"))
+    reply = result.rcpts[stranger]
+    assert (reply.code, reply.text[:5]) == (550, "5.1.1"), reply
+
+    assert relay_send(proxy, "someone@orig.example", "bob@remote.example",
+                      message("someone@orig.example", "forwarded again")).accepted
+    rewritten = only(recorded, "forwarded again").mail_from
+    recorded.clear()
+    assert inbound_send(proxy, "", rewritten, dsn(rewritten, "srs bounce")).accepted
+    assert only(recorded, "srs bounce").rcpt_tos == ("someone@orig.example",)
