@@ -20,6 +20,7 @@ from appliance.backup.contents import stage
 from appliance.backup.crypto import encrypt_file, load_key
 from appliance.backup.errors import BackupError
 from appliance.backup.lock import exclusive_run
+from appliance.backup.request import consume_request
 from appliance.backup.targets import Target, configured_targets
 from appliance.backup.verify import VerifyReport, verify_backup
 from appliance.config.loader import LoadedConfig
@@ -67,6 +68,10 @@ def run_backup(
     config = loaded.config
     settings = config.backup
     data_dir = Path(config.data_dir)
+    # Taken first, whatever happens next: a request left behind would make the path
+    # unit start the service again and again.
+    request = consume_request(data_dir)
+    requested_by = request.by if request else None
     if targets is None:
         if not settings.configured:
             raise BackupError("no backup target: set backup.directory and/or backup.smb")
@@ -75,6 +80,7 @@ def run_backup(
     now = now or datetime.now(UTC)
     with exclusive_run(data_dir, "backup"):
         work: Path | None = None
+        state.record_start(data_dir, now, requested_by)
         try:
             key = load_key(settings.encryption_key_file) if settings.encryption_key_file else None
             for target in targets:
@@ -118,25 +124,50 @@ def run_backup(
                     target.delete(old.name)
                     result.deleted.setdefault(target.label, []).append(old.name)
             result.seconds = time.monotonic() - started
+            state.record_run(data_dir, state.RunRecord(
+                started=state.stamp(now), finished=state.stamp(datetime.now(UTC)),
+                result=state.VERIFIED if report is not None else state.UNVERIFIED,
+                seconds=round(result.seconds, 1), name=name.name, size=result.size,
+                requested_by=requested_by,
+                targets=[_listing(target, name.host) for target in targets],
+            ))
             if report is not None:
-                state.record_success(data_dir, name.name, result.targets, now)
                 notify_resolved("backup_failed", "backup", config=config)
             return result
         except BackupError as exc:
-            _failed(config, data_dir, str(exc))
+            _failed(config, data_dir, str(exc), now, started, requested_by)
             raise
         except Exception as exc:
-            _failed(config, data_dir, f"{type(exc).__name__}: {exc}")
+            _failed(config, data_dir, f"{type(exc).__name__}: {exc}", now, started,
+                    requested_by)
             raise BackupError(f"backup failed: {type(exc).__name__}: {exc}") from exc
         finally:
             if work is not None:
                 shutil.rmtree(work, ignore_errors=True)
 
 
-def _failed(config: Config, data_dir: Path, reason: str) -> None:
+def _listing(target: Target, host: str) -> state.TargetRecord:
+    """What is on the target after retention, for the history (the web UI cannot ask
+    the targets itself: it may not read the credentials). A failed listing does not
+    undo a verified upload; it is noted instead."""
+    try:
+        sizes = target.sizes()
+        backups = [state.StoredBackup(b.name, sizes.get(b.name), state.stamp(b.when))
+                   for b in target.backups(host)]
+    except BackupError as exc:
+        return state.TargetRecord(target.label, [], str(exc))
+    return state.TargetRecord(target.label, backups)
+
+
+def _failed(config: Config, data_dir: Path, reason: str, now: datetime, started: float,
+            requested_by: str | None) -> None:
     """Record the failure for `postwall status` and tell the administrator (one mail per
     incident: repeated nightly failures are counted, and a verified backup resolves it)."""
-    state.record_failure(data_dir, reason, datetime.now(UTC))
+    state.record_run(data_dir, state.RunRecord(
+        started=state.stamp(now), finished=state.stamp(datetime.now(UTC)),
+        result=state.FAILED, seconds=round(time.monotonic() - started, 1), error=reason,
+        requested_by=requested_by,
+    ))
     notify_event("backup_failed", "backup", "the backup failed or did not verify", reason,
                  config=config)
 

@@ -57,6 +57,10 @@ class Target(ABC):
         found = [b for b in (parse_name(n) for n in self.names()) if b is not None]
         return sorted(b for b in found if host is None or b.host == host)
 
+    def sizes(self) -> dict[str, int]:
+        """Size in bytes of each file in the target's folder (one listing)."""
+        return {}
+
     def remote_sha256(self, name: str) -> str:
         digest = hashlib.sha256()
         with self.open_read(name) as handle:
@@ -119,6 +123,15 @@ class LocalTarget(Target):
             return sorted(os.listdir(self.directory))
         except FileNotFoundError:
             return []
+        except OSError as exc:
+            raise BackupError(f"{self.label}: cannot list: {exc.strerror}") from exc
+
+    def sizes(self) -> dict[str, int]:
+        try:
+            with os.scandir(self.directory) as entries:
+                return {e.name: e.stat().st_size for e in entries if e.is_file()}
+        except FileNotFoundError:
+            return {}
         except OSError as exc:
             raise BackupError(f"{self.label}: cannot list: {exc.strerror}") from exc
 
@@ -271,6 +284,14 @@ class SMBTarget(Target):
         import smbclient
 
         return sorted(self._call("listing", smbclient.listdir, self.path()))
+
+    def sizes(self) -> dict[str, int]:
+        import smbclient
+
+        # The directory query already carries each file's size: no stat per file.
+        entries = self._call("listing", lambda path, **kw: list(smbclient.scandir(path, **kw)),
+                             self.path())
+        return {e.name: int(e.smb_info.end_of_file) for e in entries if not e.is_dir()}
 
     @contextlib.contextmanager
     def open_read(self, name: str) -> Iterator[BinaryIO]:
