@@ -9,6 +9,7 @@ def register_blueprints(app: Flask) -> None:
     from webui.views import (
         analyzer,
         auth,
+        backups,
         blockreport,
         configuration,
         connections,
@@ -21,5 +22,5 @@ def register_blueprints(app: Flask) -> None:
     )
 
     for module in (auth, dashboard, configuration, lists, messages, quarantine, analyzer,
-                   connections, users, blockreport, dkim):
+                   connections, users, blockreport, dkim, backups):
         app.register_blueprint(module.bp)
