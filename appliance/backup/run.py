@@ -127,7 +127,7 @@ def run_backup(
             state.record_run(data_dir, state.RunRecord(
                 started=state.stamp(now), finished=state.stamp(datetime.now(UTC)),
                 result=state.VERIFIED if report is not None else state.UNVERIFIED,
-                seconds=round(result.seconds, 1), name=name.name, size=result.size,
+                seconds=round(result.seconds, 2), name=name.name, size=result.size,
                 requested_by=requested_by,
                 targets=[_listing(target, name.host) for target in targets],
             ))
@@ -165,7 +165,7 @@ def _failed(config: Config, data_dir: Path, reason: str, now: datetime, started:
     incident: repeated nightly failures are counted, and a verified backup resolves it)."""
     state.record_run(data_dir, state.RunRecord(
         started=state.stamp(now), finished=state.stamp(datetime.now(UTC)),
-        result=state.FAILED, seconds=round(time.monotonic() - started, 1), error=reason,
+        result=state.FAILED, seconds=round(time.monotonic() - started, 2), error=reason,
         requested_by=requested_by,
     ))
     notify_event("backup_failed", "backup", "the backup failed or did not verify", reason,
