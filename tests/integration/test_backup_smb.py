@@ -51,6 +51,14 @@ def test_backup_to_the_share_is_read_back_listed_and_restored(appliance):
     assert "SMB share \\\\127.0.0.1\\Appliance Backups\\Postwall\\mx 1" in result.stderr
     assert "reading it back" in result.stderr
     assert read_state(appliance.data_dir).last_verified_name == name
+    # The history the web UI shows: what the share held after retention, with sizes
+    # from the directory listing.
+    [run] = read_state(appliance.data_dir).history
+    [target] = run.targets
+    assert target.label.startswith("SMB share ") and target.error is None
+    share_size = (appliance.share_folder / name).stat().st_size
+    assert [(b.name, b.size) for b in target.backups] == [(name, share_size)]
+    assert run.size == share_size
 
     listing = run_cli("restore", "--config", str(appliance.config_path), "--list")
     assert listing.returncode == 0 and name in listing.stdout
