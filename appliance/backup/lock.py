@@ -12,14 +12,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from appliance.backup.errors import BackupError
+from appliance.rundir import ensure_run_dir
 
 LOCK_NAME = "backup.lock"
 
 
 @contextmanager
 def exclusive_run(data_dir: Path, what: str) -> Iterator[None]:
-    run_dir = Path(data_dir) / "run"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = ensure_run_dir(data_dir)
     path = run_dir / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:

@@ -18,6 +18,8 @@ import contextlib
 import os
 from pathlib import Path
 
+from appliance.rundir import ensure_run_dir
+
 FLAG_NAME = "maintenance"
 
 
@@ -40,7 +42,7 @@ def _start_time(pid: int) -> str | None:
 
 def raise_flag(data_dir: Path, reason: str) -> None:
     path = flag_path(data_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_run_dir(data_dir)
     pid = os.getpid()
     tmp = path.with_name(f".{FLAG_NAME}.{pid}")
     # Readable by the service user (the window runs as root, the proxy does not).

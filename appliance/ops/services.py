@@ -21,6 +21,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from appliance.config.schema import Config
+from appliance.rundir import ensure_run_dir
 
 PROXY = "postwall"
 WEBUI = "postwall-webui"
@@ -157,7 +158,7 @@ class ProcessServices(ServiceManager):
         argv = self._argv(name)
         if not Path(argv[0]).exists():
             raise ServiceError(f"{name}: {argv[0]} does not exist")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ensure_run_dir(self.config.data_dir)
         with open(self.log_file(name), "ab") as log:
             proc = subprocess.Popen(  # noqa: S603 - our own release's program
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
