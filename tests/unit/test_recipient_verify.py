@@ -258,8 +258,14 @@ def test_the_per_client_count_covers_a_sliding_window() -> None:
 # -- the filter -------------------------------------------------------------------------------
 
 
+# The domains these tests verify: only local domains are (an SRS bounce goes outside).
+LOCAL_DOMAINS = ["corp.test", "*.corp.test", "catchall.test", "free.test", "lenient.test",
+                 "x.test", "example.com"]
+
+
 def make_filter(settings: dict, db: dict[str, list[str]] | None = None,
                 **config: object) -> RecipientVerifyFilter:
+    config.setdefault("local_domains", LOCAL_DOMAINS)
     cfg = Config.model_validate({"filters": {"recipient_verify": settings}, **config})
     services = Services.from_config(cfg, db)
     return RecipientVerifyFilter(
@@ -306,6 +312,15 @@ async def test_an_unknown_recipient_gets_550_511_forced() -> None:
         "550 5.1.1 <mallory@corp.test>: Recipient address rejected: User unknown"
     )
     assert final.symbol.name == "RCPT_UNKNOWN" and "not in valid_recipients" in final.symbol.reason
+
+
+async def test_addresses_outside_the_local_domains_are_not_verified() -> None:
+    # An SRS bounce, reversed, is relayed to its outside sender: nothing to verify.
+    flt = make_filter(STATIC)
+    ctx = rcpt_tx("SRS0=abcd=XY=orig.example=someone@corp.test")
+    ctx.current_rcpt.relay_address = "someone@orig.example"
+    assert (await flt.check(ctx)).final is None
+    assert (await flt.check(rcpt_tx("mallory@corp.test"))).final is not None
 
 
 async def test_postmaster_and_abuse_pass_without_a_lookup() -> None:
