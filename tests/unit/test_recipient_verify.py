@@ -339,7 +339,7 @@ async def test_domains_with_method_none_are_not_verified() -> None:
 
 async def test_a_whitelisted_sender_and_test_mode_do_not_skip_verification() -> None:
     cfg = Config.model_validate({
-        "test_mode": True,
+        "test_mode": True, "local_domains": LOCAL_DOMAINS,
         "filters": {"recipient_verify": STATIC,
                     "address_lists": {"whitelist": ["friend@sender.test"]}},
     })
