@@ -576,6 +576,18 @@ class SenderSettings(FilterSettings):
     )
 
 
+def _domain_name(value: str) -> str:
+    """A domain name, lower-cased, without the root dot."""
+    name = value.strip().lower().rstrip(".")
+    if not DOMAIN_RE.match(name):
+        raise ValueError(f"invalid domain name {value!r}")
+    return name
+
+
+def _domain_names(values: list[str]) -> list[str]:
+    return [_domain_name(value) for value in values]
+
+
 def _domain_patterns(values: list[str]) -> list[str]:
     """Domains as `example.com` or `*.example.com` (subdomains), lower-cased."""
     out = []
@@ -1115,13 +1127,7 @@ class URIBLSettings(DNSListSettings):
     @field_validator("skip_domains")
     @classmethod
     def _domains(cls, values: list[str]) -> list[str]:
-        out = []
-        for value in values:
-            name = value.strip().lower().rstrip(".")
-            if not DOMAIN_RE.match(name):
-                raise ValueError(f"invalid domain name {value!r}")
-            out.append(name)
-        return out
+        return _domain_names(values)
 
     @model_validator(mode="after")
     def _labels(self) -> URIBLSettings:
@@ -1219,10 +1225,7 @@ class CommandSettings(Section):
     @field_validator("domain")
     @classmethod
     def _domain(cls, value: str) -> str:
-        name = value.strip().lower().rstrip(".")
-        if not DOMAIN_RE.match(name):
-            raise ValueError(f"invalid domain name {value!r}")
-        return name
+        return _domain_name(value)
 
 
 class BlockReportSettings(Section):
@@ -1563,12 +1566,7 @@ class SRSSettings(FilterSettings):
     @field_validator("domain")
     @classmethod
     def _domain(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        name = value.strip().lower().rstrip(".")
-        if not DOMAIN_RE.match(name):
-            raise ValueError(f"invalid domain name {value!r}")
-        return name
+        return None if value is None else _domain_name(value)
 
     @model_validator(mode="after")
     def _needs_domain(self) -> SRSSettings:
@@ -1608,13 +1606,7 @@ class DKIMSigningSettings(Section):
     @field_validator("domains")
     @classmethod
     def _domains(cls, values: list[str]) -> list[str]:
-        out = []
-        for value in values:
-            name = value.strip().lower().rstrip(".")
-            if not DOMAIN_RE.match(name):
-                raise ValueError(f"invalid domain name {value!r}")
-            out.append(name)
-        return out
+        return _domain_names(values)
 
     @field_validator("headers")
     @classmethod
@@ -2085,11 +2077,4 @@ class Config(Section):
     @field_validator("local_domains")
     @classmethod
     def _domains(cls, values: list[str]) -> list[str]:
-        out = []
-        for value in values:
-            name = value.strip().lower().rstrip(".")
-            bare = name[2:] if name.startswith("*.") else name
-            if not DOMAIN_RE.match(bare):
-                raise ValueError(f"invalid domain name {value!r}")
-            out.append(name)
-        return out
+        return _domain_patterns(values)
