@@ -13,7 +13,6 @@ one upgrade, backup or restore runs at a time (locks in data_dir/run).
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sqlite3
 import subprocess
@@ -30,6 +29,7 @@ from appliance.ops.health import HealthGateFailed
 from appliance.ops.maintenance import MaintenanceError, MaintenanceWindow, WindowReport
 from appliance.ops.releases import ReleaseError, Releases, check_version, version_of_wheel
 from appliance.ops.services import ServiceManager, service_manager
+from appliance.rundir import ensure_run_dir, held
 
 UPGRADE_LOCK = "upgrade.lock"
 BACKUP_LOCK = "backup.lock"  # appliance/backup/lock.py: backups and restores hold it
@@ -51,19 +51,11 @@ class UpgradeResult:
 
 @contextmanager
 def _locked(path: Path, what: str) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
-            raise UpgradeError(f"{path.name} is held ({holder}); {what} not started") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}: {what}\n".encode(), 0)
+    def refuse(holder: str) -> UpgradeError:
+        return UpgradeError(f"{path.name} is held ({holder}); {what} not started")
+
+    with held(path, what, refuse):
         yield
-    finally:
-        os.close(fd)
 
 
 class Upgrader:
@@ -77,7 +69,7 @@ class Upgrader:
         self.home = Path(home)
         self.services = services or service_manager(config, self.config_path, self.home)
         self.progress = progress
-        self.run_dir = Path(config.data_dir) / "run"
+        self.run_dir = ensure_run_dir(config.data_dir)
 
     # -- the commands -----------------------------------------------------------------
 
