@@ -16,10 +16,13 @@ removals from the audit log); other entries merge, since each form names its val
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -145,3 +148,21 @@ def who(entries: Sequence[AuditEntry], match: Any, since: datetime | None,
         if match(entry):
             return f"{entry.username} at {entry.time:%Y-%m-%d %H:%M:%S} UTC"
     return fallback
+
+
+_thread_locks: dict[str, threading.Lock] = {}
+
+
+@contextmanager
+def edit_lock(directory: Path, name: str) -> Iterator[None]:
+    """One change of `name` (the settings, the lists) at a time, across the server's
+    threads and any other process: check what changed, then write, under this lock."""
+    thread_lock = _thread_locks.setdefault(name, threading.Lock())
+    path = directory / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with thread_lock, open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

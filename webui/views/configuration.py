@@ -4,10 +4,7 @@ overrides file atomically, then reload the proxy without dropping connections.""
 
 from __future__ import annotations
 
-import fcntl
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +23,11 @@ from webui.state import WEBUI_DIRNAME, state
 bp = Blueprint("configuration", __name__)
 
 RELOAD_WAIT_SECONDS = 15.0
-_thread_lock = threading.Lock()
 
 
-@contextmanager
-def overrides_lock() -> Iterator[None]:
+def overrides_lock() -> AbstractContextManager[None]:
     """One change at a time, across threads and processes: read, plan, write."""
-    path = state().data_dir / WEBUI_DIRNAME / "config.lock"
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with _thread_lock, open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return concurrency.edit_lock(state().data_dir / WEBUI_DIRNAME, "config")
 
 
 def documents() -> tuple[dict[str, Any], dict[str, Any]]:

@@ -4,10 +4,7 @@ entries are shown beside them, read-only."""
 
 from __future__ import annotations
 
-import fcntl
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
@@ -50,20 +47,11 @@ def _expiry(days: int | None) -> datetime | None:
 # The list files the configuration names, read by this process for display (the proxy
 # reads its own copy); a stat per file per page view, a read only when one changed.
 _files = ListFiles()
-_thread_lock = threading.Lock()
 
 
-@contextmanager
-def lists_lock() -> Iterator[None]:
+def lists_lock() -> AbstractContextManager[None]:
     """One UI list change at a time, across threads and processes: check, then write."""
-    path = state().data_dir / WEBUI_DIRNAME / "lists.lock"
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with _thread_lock, open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return concurrency.edit_lock(state().data_dir / WEBUI_DIRNAME, "lists")
 
 
 def file_entries(name: str) -> list[tuple[str, list[tuple[str, int]], str | None]]:
