@@ -263,7 +263,7 @@ class Rollback:
         directory.mkdir(parents=True, exist_ok=True)
         self.saved: list[tuple[Path, Path]] = []  # (original location, copy)
         self.created: list[Path] = []
-        self.database: tuple[Path, Path] | None = None
+        self.database: tuple[Path, Path, list[str]] | None = None  # live, copy, tables
 
     def save_file(self, path: Path) -> None:
         if not path.exists():
@@ -274,11 +274,11 @@ class Rollback:
         shutil.copy2(path, copy)
         self.saved.append((path, copy))
 
-    def save_database(self, live: Path) -> None:
+    def save_database(self, live: Path, tables: list[str]) -> None:
         copy = self.directory / MAIN_DB
         if live.exists():
             _sqlite_copy(live, copy)
-            self.database = (live, copy)
+            self.database = (live, copy, tables)
         else:
             self.created.append(live)
 
@@ -291,8 +291,11 @@ class Rollback:
                 for suffix in ("-wal", "-shm"):
                     Path(f"{path}{suffix}").unlink(missing_ok=True)
         if self.database is not None:
-            live, copy = self.database
-            _sqlite_copy(copy, live)
+            # Only the restored tables go back: rows written since the copy was taken
+            # (the message log of mail the restored proxy judged, the gate's probe) stay,
+            # and the change counters keep growing, as the processes expect.
+            live, copy, tables = self.database
+            copy_tables(copy, live, tables)
 
 
 def _sqlite_copy(source: Path, target: Path) -> None:
@@ -329,7 +332,7 @@ def apply_plan(plan: RestorePlan, rollback: Rollback, progress: Progress) -> Non
     for change in plan.files:
         rollback.save_file(change.destination)
     if plan.tables and plan.live_database is not None:
-        rollback.save_database(plan.live_database)
+        rollback.save_database(plan.live_database, [t.table for t in plan.tables])
     for change in plan.files:
         if change.kind == "removed":
             change.destination.unlink(missing_ok=True)
@@ -409,7 +412,12 @@ def apply_with_window(plan: RestorePlan, config: Config, rollback_dir: Path, *,
                 raise
     except HealthGateFailed as exc:
         progress(f"health gate failed ({exc}): rolling back to the previous files")
-        with window(config):
-            rollback.put_back()
+        try:
+            with window(config):
+                rollback.put_back()
+        except HealthGateFailed as again:
+            raise BackupError(f"restore rolled back, but the appliance is not healthy with "
+                              f"the previous files either: {again} (the restore's own "
+                              f"failure: {exc})") from again
         raise BackupError(f"restore rolled back: the appliance was not healthy with the "
                           f"restored files: {exc}") from exc
