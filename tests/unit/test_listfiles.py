@@ -105,6 +105,7 @@ def test_config_accepts_absolute_file_refs_in_every_list() -> None:
     {"address_lists": {"blacklist": ["file:lists/black.txt"]}},
     {"ip_lists": {"allow": ["file:allow.txt"]}},
     {"regex": {"red_re": [{"pattern": "file:red.txt"}]}},
+    {"recipient_verify": {"valid_recipients": ["file:recipients.txt"]}},
 ])
 def test_relative_file_refs_are_refused_with_a_clear_message(section: dict) -> None:
     with pytest.raises(loader.ConfigError, match="absolute path"):
