@@ -691,5 +691,14 @@ def _add_dkim_commands() -> None:
 _add_dkim_commands()
 
 
+def _add_key_commands() -> None:
+    from appliance.keys_cli import register  # `postwall batv rotate`, `postwall srs rotate`
+
+    register(main)
+
+
+_add_key_commands()
+
+
 if __name__ == "__main__":
     main()
