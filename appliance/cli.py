@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 import time
@@ -60,16 +61,24 @@ def serve(config_path: Path, workers: int | None) -> None:
 @main.command("check-config")
 @config_option
 def check_config(config_path: Path) -> None:
-    """Validate the configuration and print the resolved pipeline."""
+    """Validate the configuration and print the resolved pipeline and list files.
+
+    Exit 2: the configuration is invalid; 1: a list file it names cannot be used."""
     from appliance.config import loader
     from appliance.runtime import Runtime
 
     loaded = load_or_exit(config_path)
+    # The runtime reads the list files too; their problems are reported once, below.
+    listfiles_log = logging.getLogger("postwall.listfiles")
+    level = listfiles_log.level
+    listfiles_log.setLevel(logging.CRITICAL)
     try:
         runtime = Runtime(loaded, None, record=False)
     except (ValueError, loader.ConfigError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    finally:
+        listfiles_log.setLevel(level)
     config = loaded.config
     click.echo(f"configuration OK: {loaded.base_path}"
                + (f" + {loaded.overrides_path}" if loaded.overrides_path
@@ -92,6 +101,37 @@ def check_config(config_path: Path) -> None:
             source = "config" if spec.name in config.scoring.weights else "default"
             group = f" [{spec.group}]" if spec.group else ""
             click.echo(f"  {spec.name:28} {weight:+7.2f} ({source}){group}  {spec.description}")
+    if not _report_list_files(config):
+        sys.exit(1)
+
+
+def _report_list_files(config: Config) -> bool:
+    """Read every `file:` list the configuration names, as the proxy would; print each
+    file's state. False if one cannot be used (missing, unreadable, unsafe): the proxy
+    runs, but that file adds nothing. Bad lines are warnings: the rest of the file applies."""
+    from appliance.listfiles import MAX_LOGGED_BAD_LINES, inspect_files
+    from appliance.services import list_file_refs
+
+    states = inspect_files(list_file_refs(config))
+    if not states:
+        return True
+    click.echo("list files:")
+    usable = True
+    for state in states:
+        if state.problem is not None:
+            usable = False
+            click.echo(f"  {state.path} ({state.kind.value}): UNUSABLE")
+            click.echo(f"error: {state.problem}; this list file adds no entries until fixed",
+                       err=True)
+            continue
+        bad = f", {state.bad_lines} bad line(s) skipped" if state.bad_lines else ""
+        click.echo(f"  {state.path} ({state.kind.value}): {state.entries} entries{bad}")
+        for error in state.errors[:MAX_LOGGED_BAD_LINES]:
+            click.echo(f"warning: {state.path}:{error.removeprefix('line ')}", err=True)
+        if len(state.errors) > MAX_LOGGED_BAD_LINES:
+            click.echo(f"warning: {state.path}: {len(state.errors) - MAX_LOGGED_BAD_LINES} "
+                       "more bad lines", err=True)
+    return usable
 
 
 @main.command()
@@ -649,6 +689,15 @@ def _add_dkim_commands() -> None:
 
 
 _add_dkim_commands()
+
+
+def _add_key_commands() -> None:
+    from appliance.keys_cli import register  # `postwall batv rotate`, `postwall srs rotate`
+
+    register(main)
+
+
+_add_key_commands()
 
 
 if __name__ == "__main__":

@@ -98,6 +98,7 @@ class LoadedFile:
     bad_lines: int
     stamp: FileStamp
     loaded_at: float  # time.time()
+    errors: tuple[str, ...] = ()  # "line N: what is wrong", for check-config and status
 
 
 class ListFileError(Exception):
@@ -196,9 +197,11 @@ def unsafe_reason(path: str, st: os.stat_result, parent: os.stat_result | None,
 
 
 def read_file(path: str, kind: Kind, owners: frozenset[int],
-              previous: FileStamp | None = None, settle_seconds: float = 0.0) -> LoadedFile:
+              previous: FileStamp | None = None, settle_seconds: float = 0.0,
+              *, log_bad_lines: bool = True) -> LoadedFile:
     """Read, check and parse `path`. Raises ListFileError (cannot be used), FileBusy
-    (try later). Bad lines do not raise: they are counted and logged."""
+    (try later). Bad lines do not raise: they are counted and logged (unless the caller
+    reports them itself, as check-config does)."""
     try:
         before = os.stat(path)
     except OSError as exc:
@@ -248,14 +251,14 @@ def read_file(path: str, kind: Kind, owners: frozenset[int],
     except UnicodeDecodeError as exc:
         raise ListFileError(f"{path} is not UTF-8 text (byte {exc.start})") from None
     parsed = parse_lines(text, kind)
-    for error in parsed.errors[:MAX_LOGGED_BAD_LINES]:
+    for error in parsed.errors[:MAX_LOGGED_BAD_LINES] if log_bad_lines else ():
         log.warning("list file %s:%s; the line is skipped, the rest of the file applies",
                     path, error.removeprefix("line "))
-    if len(parsed.errors) > MAX_LOGGED_BAD_LINES:
+    if log_bad_lines and len(parsed.errors) > MAX_LOGGED_BAD_LINES:
         log.warning("list file %s: %d more bad lines skipped", path,
                     len(parsed.errors) - MAX_LOGGED_BAD_LINES)
     return LoadedFile(path, kind, parsed.entries, parsed.lines, parsed.weights,
-                      len(parsed.errors), stamp, time.time())
+                      len(parsed.errors), stamp, time.time(), parsed.errors)
 
 
 # -- the files one process watches -------------------------------------------------------
@@ -279,6 +282,7 @@ class FileState:
     problem: str | None = None
     bad_lines: int = 0
     lines: tuple[tuple[str, int], ...] = field(default_factory=tuple)
+    errors: tuple[str, ...] = ()  # "line N: what is wrong" of the contents in force
 
 
 class ListFiles:
@@ -380,6 +384,23 @@ class ListFiles:
             result.append(FileState(
                 path, kind, len(loaded.entries) if loaded else 0,
                 loaded.loaded_at if loaded else None, watched.problem,
-                loaded.bad_lines if loaded else 0,
+                loaded.bad_lines if loaded else 0, errors=loaded.errors if loaded else (),
             ))
         return result
+
+
+def inspect_files(refs: Iterable[tuple[str, Kind]],
+                  owners: frozenset[int] | None = None) -> list[FileState]:
+    """Read each file once, as the proxy would, and say what is wrong with it; logs
+    nothing (check-config and `postwall status` report the problems themselves)."""
+    owners = owners if owners is not None else trusted_owners()
+    result = []
+    for path, kind in sorted(set(refs), key=lambda r: (r[0], r[1].value)):
+        try:
+            loaded = read_file(path, kind, owners, log_bad_lines=False)
+        except (ListFileError, FileBusy) as exc:
+            result.append(FileState(path, kind, 0, None, str(exc)))
+            continue
+        result.append(FileState(path, kind, len(loaded.entries), loaded.loaded_at,
+                                bad_lines=loaded.bad_lines, errors=loaded.errors))
+    return result

@@ -615,6 +615,43 @@ def check_versions(config: Config) -> Outcome:
                    f"Python {platform.python_version()}; {detail}")
 
 
+def check_list_files(config: Config) -> Outcome:
+    """The `file:` lists, read as the proxy reads them (same owner and mode rules)."""
+    from appliance.listfiles import inspect_files
+    from appliance.services import list_file_refs
+
+    states = inspect_files(list_file_refs(config))
+    if not states:
+        return Outcome(State.UNKNOWN, "no list file configured (file:/PATH list entries)")
+    unusable = [s for s in states if s.problem is not None]
+    bad = [s for s in states if s.problem is None and s.bad_lines]
+    entries = sum(s.entries for s in states)
+    detail = "; ".join(
+        f"{s.path}: {s.problem}" if s.problem is not None
+        else f"{s.path}: {s.entries} entries" + (
+            f", bad lines: {', '.join(e.removeprefix('line ') for e in s.errors[:5])}"
+            + (" ..." if len(s.errors) > 5 else "") if s.bad_lines else "")
+        for s in states
+    )
+    if unusable:
+        return Outcome(
+            State.FAIL,
+            f"{len(unusable)} of {len(states)} list file(s) unusable ({unusable[0].problem}). "
+            "A running proxy keeps what it read before, a starting one gets nothing from "
+            "them: fix the path, owner or mode",
+            detail,
+        )
+    if bad:
+        lines = sum(s.bad_lines for s in bad)
+        return Outcome(
+            State.WARN,
+            f"{lines} bad line(s) skipped in {', '.join(s.path for s in bad)}; the other "
+            "lines apply. Fix or remove them (`postwall check-config` names file:line)",
+            detail,
+        )
+    return Outcome(State.OK, f"{len(states)} list file(s), {entries} entries", detail)
+
+
 CHECKS: tuple[Check, ...] = (  # cheap and local first
     Check("proxy", "Postwall proxy", check_proxy),
     Check("postfix", "Postfix (downstream)", check_postfix),
@@ -622,6 +659,7 @@ CHECKS: tuple[Check, ...] = (  # cheap and local first
     Check("dns", "DNS resolver", check_dns),
     Check("disk", "Disk (data directory)", check_disk),
     Check("backup", "Last verified backup", check_backup),
+    Check("list_files", "List files", check_list_files),
     Check("postfix_config", "Postfix configuration", check_postfix_config),
     Check("clamd_signatures", "ClamAV signatures", check_clamd_signatures),
     Check("certificates", "Certificates", check_certificates),

@@ -1466,7 +1466,9 @@ class RecipientVerifySettings(FilterSettings):
         default_factory=list,
         description="For method static: valid addresses (user@domain), catch-all domains "
         "(@domain or *@domain), wildcards (*@dept.example.com) and /regex/; the database "
-        "list valid_recipients (web UI, `postwall lists`) adds to it.",
+        "list valid_recipients (web UI, `postwall lists`) adds to it. Like the other "
+        "lists it may name files: file:/PATH (one entry per line), reloaded when the file "
+        "changes; they apply to every static domain.",
     )
     always_accept: list[str] = Field(
         default_factory=lambda: ["postmaster", "abuse"],
@@ -1475,6 +1477,13 @@ class RecipientVerifySettings(FilterSettings):
     )
     cache: RecipientCacheSettings = Field(default_factory=RecipientCacheSettings)
     harvest: HarvestSettings = Field(default_factory=HarvestSettings)
+
+    @field_validator("valid_recipients")
+    @classmethod
+    def _files(cls, values: list[str]) -> list[str]:
+        for value in values:
+            _file_ref_checked(value)
+        return values
 
     @field_validator("domains")
     @classmethod

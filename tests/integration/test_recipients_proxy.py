@@ -167,6 +167,42 @@ def test_static_lists_from_config_file_and_database(proxy_factory, recorded, tmp
                                          "x@dept.static.example")
 
 
+def test_valid_recipients_file_entries_follow_the_file_without_a_restart(
+    proxy_factory, recorded, tmp_path
+):
+    import os
+    import time
+
+    def write_list(text: str) -> None:
+        # Atomic replacement, dated back past the settle time: the next tick reads it.
+        tmp = tmp_path / "valid.txt.tmp"
+        tmp.write_text(text)
+        past = time.time() - 10
+        os.utime(tmp, (past, past))
+        os.replace(tmp, tmp_path / "valid.txt")
+
+    write_list("# from the HR script\nold-hire@static.example\n")
+    proxy = proxy_factory({"local_domains": DOMAINS, "filters": {"recipient_verify": {
+        "domains": {"static.example": {"method": "static"}},
+        "valid_recipients": [f"file:{tmp_path / 'valid.txt'}"],
+    }}})
+    replies, _ = transaction(proxy, ["old-hire@static.example", "new-hire@static.example"],
+                             n=7)
+    assert replies["old-hire@static.example"].startswith("250")
+    assert replies["new-hire@static.example"] == UNKNOWN_TEXT.format("new-hire@static.example")
+    pid = proxy._proc.pid
+
+    write_list("new-hire@static.example\n")
+    assert wait_until(lambda: transaction(proxy, ["new-hire@static.example"], n=8)[0][
+        "new-hire@static.example"].startswith("250"), 15.0, 0.5)
+    replies, final = transaction(proxy, ["old-hire@static.example", "new-hire@static.example"],
+                                 n=9)
+    assert replies["old-hire@static.example"] == UNKNOWN_TEXT.format("old-hire@static.example")
+    assert final is not None and final.code == 250
+    assert delivered_to(recorded, 9) == ("new-hire@static.example",)
+    assert proxy._proc.pid == pid and proxy._proc.poll() is None  # no restart
+
+
 # -- LDAP ---------------------------------------------------------------------------------------
 
 

@@ -105,6 +105,7 @@ def test_config_accepts_absolute_file_refs_in_every_list() -> None:
     {"address_lists": {"blacklist": ["file:lists/black.txt"]}},
     {"ip_lists": {"allow": ["file:allow.txt"]}},
     {"regex": {"red_re": [{"pattern": "file:red.txt"}]}},
+    {"recipient_verify": {"valid_recipients": ["file:recipients.txt"]}},
 ])
 def test_relative_file_refs_are_refused_with_a_clear_message(section: dict) -> None:
     with pytest.raises(loader.ConfigError, match="absolute path"):
@@ -288,3 +289,102 @@ def test_cli_lists_show_names_the_file_and_line_of_file_entries(tmp_path: Path) 
     white.unlink()
     result = runner.invoke(main, ["lists", "show", "--config", str(config), "whitelist"])
     assert "warning: cannot read" in result.output
+
+
+# -- check-config and `postwall status` ------------------------------------------------
+
+
+def _config_with_files(tmp_path: Path, white: list[str], deny: list[str]) -> Config:
+    return Config.model_validate({"data_dir": str(tmp_path / "data"), "filters": {
+        "address_lists": {"whitelist": [f"file:{p}" for p in white]},
+        "ip_lists": {"deny": [f"file:{p}" for p in deny]},
+    }})
+
+
+def test_inspect_files_names_each_problem_and_logs_nothing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from appliance.listfiles import inspect_files
+
+    good = write(tmp_path / "white.txt", "@ok.example\nbad entry\nx@y.example\n")
+    open_file = write(tmp_path / "deny.txt", "10.0.0.0/8\n")
+    open_file.chmod(0o666)
+    missing = tmp_path / "gone.txt"
+    caplog.set_level(logging.DEBUG, "postwall.listfiles")
+    states = {s.path: s for s in inspect_files([
+        (str(good), Kind.ADDRESS), (str(open_file), Kind.NETWORK), (str(missing), Kind.ADDRESS)],
+        OWNERS)}
+    assert states[str(good)].problem is None and states[str(good)].entries == 2
+    assert states[str(good)].bad_lines == 1 and states[str(good)].errors[0].startswith("line 2:")
+    assert "writable by every user" in (states[str(open_file)].problem or "")
+    assert "No such file" in (states[str(missing)].problem or "")
+    assert caplog.records == []
+
+
+def test_status_list_files_unknown_ok_warn_fail(tmp_path: Path) -> None:
+    from appliance.status import State, check_list_files
+
+    assert check_list_files(_config_with_files(tmp_path, [], [])).state is State.UNKNOWN
+    white = write(tmp_path / "white.txt", "@ok.example\n")
+    deny = write(tmp_path / "deny.txt", "10.0.0.0/8\n192.0.2.1\n")
+    outcome = check_list_files(_config_with_files(tmp_path, [str(white)], [str(deny)]))
+    assert (outcome.state, outcome.summary) == (State.OK, "2 list file(s), 3 entries")
+    write(tmp_path / "deny.txt", "10.0.0.0/8\nnot-an-ip\n")
+    outcome = check_list_files(_config_with_files(tmp_path, [str(white)], [str(deny)]))
+    assert outcome.state is State.WARN
+    assert f"1 bad line(s) skipped in {deny}" in outcome.summary
+    assert "2: " in outcome.detail and "not-an-ip" in outcome.detail
+    deny.chmod(0o666)
+    outcome = check_list_files(_config_with_files(
+        tmp_path, [str(white), str(tmp_path / "gone.txt")], [str(deny)]))
+    assert outcome.state is State.FAIL
+    assert outcome.summary.startswith("2 of 3 list file(s) unusable")
+    assert "fix the path, owner or mode" in outcome.summary
+    assert "gone.txt: cannot read" in outcome.detail and "chmod o-w" in outcome.detail
+
+
+def _cli_config(tmp_path: Path, white: Path, deny: Path) -> Path:
+    config = tmp_path / "postwall.yml"
+    config.write_text(f"data_dir: {tmp_path / 'data'}\nfilters:\n  address_lists:\n"
+                      f"    whitelist: ['file:{white}']\n  ip_lists:\n"
+                      f"    deny: ['file:{deny}']\n")
+    return config
+
+
+def test_cli_check_config_reports_list_file_problems(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from appliance.cli import main
+
+    white = write(tmp_path / "white.txt", "# partners\n@partner.example\nbad entry\n")
+    deny = write(tmp_path / "deny.txt", "10.0.0.0/8\n")
+    config = _cli_config(tmp_path, white, deny)
+    result = CliRunner().invoke(main, ["check-config", "--config", str(config)])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert f"  {white} (address): 1 entries, 1 bad line(s) skipped" in result.stdout
+    assert f"  {deny} (network): 1 entries" in result.stdout
+    assert result.stderr.splitlines() == [
+        f"warning: {white}:3: 'bad entry' is not an address, @domain, wildcard or /regex/: "
+        "it contains ' '"]
+    deny.chmod(0o666)
+    white.unlink()
+    result = CliRunner().invoke(main, ["check-config", "--config", str(config)])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"error: {deny} is writable by every user (mode 0666): refusing it; chmod o-w it; "
+        "this list file adds no entries until fixed",
+        f"error: cannot read {white}: No such file or directory; this list file adds no "
+        "entries until fixed"]
+
+
+def test_cli_status_has_a_list_files_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from appliance.cli import main
+
+    white = write(tmp_path / "white.txt", "@partner.example\nbad entry\n")
+    deny = write(tmp_path / "deny.txt", "10.0.0.0/8\n")
+    config = _cli_config(tmp_path, white, deny)
+    result = CliRunner().invoke(main, ["status", "--config", str(config)])
+    lines = [line for line in result.output.splitlines() if "List files" in line]
+    assert len(lines) == 1 and lines[0].startswith("warn ")
+    assert f"1 bad line(s) skipped in {white}" in lines[0]

@@ -342,7 +342,7 @@ def test_analyzer_upload_and_bad_input(appliance: Appliance, operator: UIClient)
 
 def test_dashboard_counts_health_and_top_symbols(logged: Appliance, operator: UIClient) -> None:
     page = operator.get("/").get_data(as_text=True)
-    for name in ("proxy", "postfix", "clamd", "dns", "disk", "backup"):
+    for name in ("proxy", "postfix", "clamd", "dns", "disk", "backup", "list_files"):
         assert f'data-check="{name}"' in page
     for name in ("postfix_config", "clamd_signatures", "certificates", "hostname_ptr",
                  "own_dnsbl", "versions"):  # the self-checks, from the same status.py
