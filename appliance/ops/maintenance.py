@@ -78,6 +78,7 @@ class MaintenanceWindow:
         if reason not in ("restore", "upgrade", "rollback"):
             raise ValueError(f"unknown maintenance reason {reason!r}")
         self.config = config
+        self.config_path = config_path
         self.reason = reason
         self.home = Path(home)
         if services is None:
@@ -164,9 +165,21 @@ class MaintenanceWindow:
         report.closed_at = time.monotonic()
         if self.gate:
             report.gate = run_gate(
-                self.config, webui=WEBUI in wanted, progress=self.progress
+                self._configuration_now(), webui=WEBUI in wanted, progress=self.progress
             )
             self.progress(f"health gate passed in {report.gate.seconds:.1f}s")
+
+    def _configuration_now(self) -> Config:
+        """What the services started with: a restore may have changed the listeners, the
+        local domains or the web UI, and the gate must ask the appliance as it now is."""
+        if self.config_path is None:
+            return self.config
+        from appliance.config import loader
+
+        try:
+            return loader.load(Path(self.config_path)).config
+        except loader.ConfigError as exc:
+            raise HealthGateFailed(f"the configuration does not load: {exc}") from exc
 
     def _start_services(self, names: list[str], *, strict: bool = False) -> None:
         if self.holder is not None and os.geteuid() == 0:

@@ -113,3 +113,23 @@ def test_a_damaged_backup_is_refused_without_opening_the_maintenance_window(
     assert services.pid(PROXY) == pid_before
     messages = recorded.wait_for(len(sender.accepted), timeout=30)
     assert sorted(m.message["Subject"] for m in messages) == sorted(sender.accepted)
+
+
+def test_the_gate_asks_the_appliance_as_restored_on_its_new_port(appliance):
+    # A restored configuration may move a listener: the gate must probe the new port,
+    # not the one the appliance had before (which nobody serves any more).
+    _set_health_timeout(appliance, HEALTH_TIMEOUT)
+    overrides = appliance.data_dir / loader.OVERRIDES_NAME
+    previous = overrides.read_bytes()
+    moved = f"127.0.0.1:{free_port()}"
+    loader.write_overrides(overrides, {"listen": {"inbound": moved}})
+    assert appliance.backup().returncode == 0
+    overrides.write_bytes(previous)
+
+    _start_proxy(appliance)
+    result = appliance.restore("--latest", "--only", "config")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "health gate passed" in result.stdout + result.stderr
+    host, port = moved.rsplit(":", 1)
+    wait_for_smtp(host, int(port), timeout=10)
+    assert loader.load(appliance.config_path).config.listen.inbound == moved
