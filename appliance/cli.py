@@ -107,8 +107,9 @@ def check_config(config_path: Path) -> None:
 
 def _report_list_files(config: Config) -> bool:
     """Read every `file:` list the configuration names, as the proxy would; print each
-    file's state. False if one cannot be used (missing, unreadable, unsafe): the proxy
-    runs, but that file adds nothing. Bad lines are warnings: the rest of the file applies."""
+    file's state. False if one cannot be used (unreadable, unsafe): the proxy runs, but
+    that file adds nothing. A missing file and bad lines are warnings: the proxy reads the
+    file when it appears, and the rest of a file applies."""
     from appliance.listfiles import MAX_LOGGED_BAD_LINES, inspect_files
     from appliance.services import list_file_refs
 
@@ -118,6 +119,13 @@ def _report_list_files(config: Config) -> bool:
     click.echo("list files:")
     usable = True
     for state in states:
+        if state.problem is not None and not os.path.lexists(state.path):
+            # Not yet there (a share not mounted, a script's first run): the proxy picks
+            # it up when it appears, so this must not block a deployment or an upgrade.
+            click.echo(f"  {state.path} ({state.kind.value}): MISSING")
+            click.echo(f"warning: {state.problem}; this list file adds no entries until it "
+                       "appears", err=True)
+            continue
         if state.problem is not None:
             usable = False
             click.echo(f"  {state.path} ({state.kind.value}): UNUSABLE")
