@@ -97,7 +97,7 @@ def test_status_command_reports_every_check(tmp_path: Path) -> None:
     assert "127.0.0.1:9" in lines[1]
     labels = [line[9:33].strip() for line in lines]
     assert labels == ["Postwall proxy", "Postfix (downstream)", "ClamAV (clamd)",
-                      "DNS resolver", "Disk (data directory)", "Last verified backup",
+                      "DNS resolver", "Disk (data directory)", "Last verified backup", "List files",
                       "Postfix configuration", "ClamAV signatures", "Certificates",
                       "Public host name (PTR)", "Own address on DNSBLs", "Versions"]
 
