@@ -20,27 +20,38 @@ class KeyFileError(Exception):
     """The key file cannot be used; the text says why and what to do."""
 
 
-def read_lines(path: Path) -> list[str]:
-    """The key lines of `path`; KeyFileError if it is missing, unreadable, not a
-    regular file, not ours or readable by group/others, or empty."""
+def read_checked(path: Path, *, missing: str = "does not exist",
+                 root_may_read: bool = False) -> tuple[str, os.stat_result]:
+    """The text of key file `path` and its status; KeyFileError if it is missing (the
+    message ends with `missing`), unreadable, not a regular file, not ours (root may read
+    another user's file when `root_may_read`, as the rotation commands do) or readable by
+    group/others."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
-        raise KeyFileError(f"key file {path} does not exist") from None
+        raise KeyFileError(f"key file {path} {missing}") from None
     except OSError as exc:
         raise KeyFileError(f"cannot open key file {path}: {exc.strerror}") from None
     with os.fdopen(fd, "r", encoding="ascii", errors="replace") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
             raise KeyFileError(f"key file {path} is not a regular file")
-        if info.st_uid != os.geteuid():
-            raise KeyFileError(f"key file {path} belongs to uid {info.st_uid}, not to us")
+        if info.st_uid != os.geteuid() and not (root_may_read and os.geteuid() == 0):
+            raise KeyFileError(f"key file {path} belongs to uid {info.st_uid}, not to us"
+                               + ("; run this as that user or as root" if root_may_read else ""))
         if info.st_mode & 0o077:
             raise KeyFileError(
                 f"key file {path} is readable by others (mode {stat.S_IMODE(info.st_mode):o}):"
-                f" run chmod 600 {path}"
+                f" run chmod 600 {path}" + (", and rotate: the secrets may be known"
+                                            if root_may_read else "")
             )
-        text = handle.read()
+        return handle.read(), info
+
+
+def read_lines(path: Path) -> list[str]:
+    """The key lines of `path`; KeyFileError if it is missing, unreadable, not a
+    regular file, not ours or readable by group/others, or empty."""
+    text, _info = read_checked(path)
     lines = [line.strip() for line in text.splitlines()]
     lines = [line for line in lines if line and not line.startswith("#")]
     if not lines:
