@@ -19,22 +19,19 @@ import contextlib
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 from tests.support.services import _REAPER as REAPER
 from tests.support.services import (
     LOOPBACK,
     SAFE_ENV,
+    LocalDaemon,
     ServiceError,
     _make_base_dir,
     _read_text,
     _register,
-    _remove_base_dir,
     _tail,
-    _unregister,
     free_port,
-    terminate,
     wait_until,
 )
 
@@ -51,7 +48,7 @@ def clamd_unavailable_reason() -> str | None:
     return None
 
 
-class ClamdInstance:
+class ClamdInstance(LocalDaemon):
     """clamd with only the test signatures, on ``base_dir/clamd.sock`` (+ TCP if asked).
 
     `stream_max_length` is clamd's StreamMaxLength (octets); None keeps clamd's default.
@@ -118,14 +115,6 @@ class ClamdInstance:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self.is_running and self._proc else None
-
-    @property
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def start(self, timeout: float = 30.0) -> ClamdInstance:
         """Start clamd and wait until it answers PING on its unix socket (and TCP)."""
         if self.is_running:
@@ -160,32 +149,10 @@ class ClamdInstance:
             raise ServiceError(f"clamd's PID file says {pid_text!r}, its PID is {proc.pid}")
         return self
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM by PID, SIGKILL after `timeout`; wait until the sockets are gone."""
-        proc = self._proc
-        if proc is None:
-            return
-        terminate(proc, timeout=timeout)
-        REAPER.forget(proc.pid)
-        _unregister(self)
-        self._proc = None
+    def _after_stop(self) -> None:
         # A SIGKILLed clamd leaves its socket file behind; callers expect "refused".
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
-
-    @contextlib.contextmanager
-    def stopped(self) -> Iterator[ClamdInstance]:
-        """clamd is down inside the block and running again after it."""
-        self.stop()
-        try:
-            yield self
-        finally:
-            self.start()
-
-    def cleanup(self) -> None:
-        self.stop()
-        if self._own_base:
-            _remove_base_dir(self.base_dir)
 
     # -- observation -------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import contextlib
 import secrets
 import socket
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,15 +28,13 @@ from tests.support.services import _REAPER as REAPER
 from tests.support.services import (
     LOOPBACK,
     SAFE_ENV,
+    LocalDaemon,
     ServiceError,
     _make_base_dir,
     _read_text,
     _register,
-    _remove_base_dir,
     _tail,
-    _unregister,
     free_port,
-    terminate,
     wait_until,
 )
 
@@ -76,8 +74,10 @@ class LDAPUser:
         return f"uid={self.uid},ou=people,{BASE_DN}"
 
 
-class LDAPServer:
+class LDAPServer(LocalDaemon):
     """slapd on ``ldap://127.0.0.1:PORT`` with `users` loaded at start."""
+
+    stop_timeout = 10.0
 
     def __init__(self, users: Iterable[LDAPUser] = (), *, base_dir: Path | None = None) -> None:
         self.users = tuple(users)
@@ -173,14 +173,6 @@ class LDAPServer:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self.is_running and self._proc else None
-
-    @property
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def start(self, timeout: float = 20.0) -> LDAPServer:
         if self.is_running:
             return self
@@ -214,29 +206,6 @@ class LDAPServer:
             self.stop()
             raise ServiceError(f"slapd did not start within {timeout:g}s:\n{self.diagnostics()}")
         return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        terminate(proc, timeout=timeout)
-        REAPER.forget(proc.pid)
-        _unregister(self)
-        self._proc = None
-
-    @contextlib.contextmanager
-    def stopped(self) -> Iterator[LDAPServer]:
-        """slapd is down inside the block (its port refuses) and running again after."""
-        self.stop()
-        try:
-            yield self
-        finally:
-            self.start()
-
-    def cleanup(self) -> None:
-        self.stop()
-        if self._own_base:
-            _remove_base_dir(self.base_dir)
 
     def log(self) -> str:
         return _read_text(self.output_path)

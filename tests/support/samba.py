@@ -21,16 +21,14 @@ from tests.support.services import _REAPER as REAPER
 from tests.support.services import (
     LOOPBACK,
     SAFE_ENV,
+    LocalDaemon,
     ServiceError,
     _make_base_dir,
     _read_text,
     _register,
-    _remove_base_dir,
     _tail,
-    _unregister,
     free_port,
     port_in_use,
-    terminate,
     wait_until,
 )
 
@@ -67,7 +65,7 @@ def ensure_system_user(name: str) -> pwd.struct_passwd:
     return pwd.getpwnam(name)
 
 
-class SambaServer:
+class SambaServer(LocalDaemon):
     """smbd on ``127.0.0.1:port`` with the share ``Appliance Backups`` (``share_dir``)."""
 
     def __init__(self, *, user: str = TEST_USER, base_dir: Path | None = None) -> None:
@@ -134,14 +132,6 @@ class SambaServer:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self.is_running and self._proc else None
-
-    @property
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def start(self, timeout: float = 30.0) -> SambaServer:
         if self.is_running:
             return self
@@ -166,20 +156,6 @@ class SambaServer:
             self.stop()
             raise ServiceError(f"smbd did not start within {timeout:g}s:\n{self.diagnostics()}")
         return self
-
-    def stop(self, timeout: float = 15.0) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        terminate(proc, timeout=timeout)
-        REAPER.forget(proc.pid)
-        _unregister(self)
-        self._proc = None
-
-    def cleanup(self) -> None:
-        self.stop()
-        if self._own_base:
-            _remove_base_dir(self.base_dir)
 
     # -- helpers for tests -------------------------------------------------------------
 

@@ -394,6 +394,55 @@ def _remove_base_dir(base: Path) -> None:
         _REAPER.removed(base)
 
 
+
+class LocalDaemon:
+    """What every daemon the tests run as a plain process shares: its Popen, stop by PID
+    (SIGTERM, then SIGKILL), a throwaway base directory removed by `cleanup`. Subclasses
+    set `_proc`, `base_dir` and `_own_base`, and define `start`."""
+
+    _proc: subprocess.Popen[bytes] | None
+    base_dir: Path
+    _own_base: bool
+    stop_timeout: float = 15.0
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self.is_running and self._proc else None
+
+    @property
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> Any:
+        raise NotImplementedError
+
+    def stop(self, timeout: float | None = None) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        terminate(proc, timeout=self.stop_timeout if timeout is None else timeout)
+        _REAPER.forget(proc.pid)
+        _unregister(self)
+        self._proc = None
+        self._after_stop()
+
+    def _after_stop(self) -> None:
+        """What a killed daemon leaves behind and the tests must not see."""
+
+    @contextlib.contextmanager
+    def stopped(self) -> Iterator[Any]:
+        """Down inside the block, running again after it."""
+        self.stop()
+        try:
+            yield self
+        finally:
+            self.start()
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._own_base:
+            _remove_base_dir(self.base_dir)
+
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """A new dict: `override` merged into `base`; nested dicts merge, anything else replaces."""
     merged = copy.deepcopy(dict(base))
