@@ -137,22 +137,12 @@ def check_clamd(config: Config) -> Outcome:
         return Outcome(State.UNKNOWN, "the ClamAV filter is off")
     address = str(settings.address)
     try:
-        if address.startswith("/"):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(CHECK_TIMEOUT)
-            sock.connect(address)
-        else:
-            host, _, port = address.rpartition(":")
-            sock = socket.create_connection((host.strip("[]"), int(port)), CHECK_TIMEOUT)
-        with sock:
-            sock.settimeout(CHECK_TIMEOUT)
-            sock.sendall(b"zPING\0")
-            reply = sock.recv(64)
+        reply = _clamd_command(address, b"zPING\0")
     except TimeoutError:
         return Outcome(State.FAIL, f"{address}: no answer within {CHECK_TIMEOUT:g}s")
     except OSError as exc:
         return Outcome(State.FAIL, f"{address}: {exc.strerror or exc}")
-    if reply.rstrip(b"\0\n") != b"PONG":
+    if reply != "PONG":
         return Outcome(State.FAIL, f"{address} answered {reply!r} to PING")
     return Outcome(State.OK, f"{address} answers PING")
 
