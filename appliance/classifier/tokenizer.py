@@ -7,6 +7,10 @@ Tokens carry a short prefix that says where they come from, so "free" in the sub
     f:ADDR fd:DOM   From address and domain             fn:WORD  From display name word
     rd:DOM          Reply-To domain (rt:differs)        mi:DOM   Message-ID domain
     xm:WORD         mailer (X-Mailer, User-Agent)       rh:DOM   Received host domains
+    ip:A ip:A.B ip:A.B.C   the /8, /16 and /24 of the addresses in Received headers
+    ms:SHAPE bd:SHAPE      the shape of the Message-ID's left part and of the MIME
+                    boundary (digits 9, letter runs a/A): each mailer builds them its way
+    td:DOM          To domain (m:to ... when missing, undisclosed or the sender itself)
     ct: pt: cs: cte: content types, charsets, transfer encodings
     u:HOST ud:DOM   URL host and its registered domain  up:WORD  URL path word
     e:DOM           domain of an address in the text    a:t: a:x: a:n:  attachment type,
@@ -71,6 +75,10 @@ _IGNORED_HEADER_NAMES = frozenset({"received", "delivered-to", "x-spam-status"})
 _WANTED_HEADERS = frozenset({
     "subject", "from", "reply-to", "message-id", "date", "x-mailer", "user-agent", "to", "cc",
 })
+_IPV4_RE = re.compile(r"(?<![\d.])(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.\d{1,3}(?![\d.])")
+_SHAPE_DIGITS_RE = re.compile(r"[0-9]+")
+_SHAPE_LOWER_RE = re.compile(r"[a-z]+")
+_SHAPE_UPPER_RE = re.compile(r"[A-Z]+")
 _SECOND_LEVEL = frozenset({"co", "com", "net", "org", "ac", "gov", "edu", "ne", "or"})
 
 
@@ -83,6 +91,12 @@ def registered_domain(host: str) -> str:
     if labels[-2] in _SECOND_LEVEL and len(labels[-1]) == 2:
         return ".".join(labels[-3:])
     return ".".join(labels[-2:])
+
+
+def _shape(value: str) -> str:
+    """How a generated string is built, not what it says: 3D5F.1a2b@x -> 9A9A.9a9a@a."""
+    value = _SHAPE_DIGITS_RE.sub("9", value)
+    return _SHAPE_UPPER_RE.sub("A", _SHAPE_LOWER_RE.sub("a", value))[:40]
 
 
 def _address(value: str) -> str:
@@ -155,6 +169,7 @@ def _header_tokens(msg: Message, out: _Collector, settings: TokenizerSettings) -
     relay_domains: set[str] = set()
     wanted: dict[str, list[str]] = {}
     received = 0
+    networks: set[str] = set()
     for key, raw in items:
         name = str(key).lower()
         if name in _WANTED_HEADERS:
@@ -169,7 +184,12 @@ def _header_tokens(msg: Message, out: _Collector, settings: TokenizerSettings) -
             hosts = {registered_domain(h) for h in _RECEIVED_HOST_RE.findall(value[:500])}
             relay_domains.update(hosts)
             out.extend("rh:", sorted(hosts))
+            # The networks the message came through: a sender's own servers, an ISP's
+            # dial-up pool or an open relay abroad tell more than the host names it claims.
+            for a, b, c in _IPV4_RE.findall(value[:500]):
+                networks.update((a, f"{a}.{b}", f"{a}.{b}.{c}"))
     out.extend("h:", sorted(names))
+    out.extend("ip:", sorted(networks))
 
     def first(name: str) -> str:
         values = wanted.get(name)
@@ -210,6 +230,8 @@ def _header_tokens(msg: Message, out: _Collector, settings: TokenizerSettings) -
         out.add("mi:" + mid_domain)
         if domain:
             out.add("m:mid " + ("same" if mid_domain == registered_domain(domain) else "other"))
+        local, at, _ = message_id.strip().strip("<>").rpartition("@")
+        out.add("ms:" + _shape(local if at else message_id.strip().strip("<>")))
     else:
         out.add("mi:(none)")
     if domain:
@@ -227,6 +249,26 @@ def _header_tokens(msg: Message, out: _Collector, settings: TokenizerSettings) -
         value.count("@") for value in wanted.get("to", []) + wanted.get("cc", [])
     )
     out.add(f"m:rcpts {_bucket(recipients)}")
+    _to_tokens(first("to"), address, out)
+    try:
+        boundary = msg.get_boundary()
+    except Exception:
+        boundary = None
+    if boundary:
+        out.add("bd:" + _shape(boundary))
+
+
+def _to_tokens(to: str, sender: str, out: _Collector) -> None:
+    if not to.strip():
+        out.add("m:to (none)")
+        return
+    if "undisclosed" in to.lower():
+        out.add("m:to undisclosed")
+    first = _address(to.split(",")[0])
+    if first:
+        out.add("td:" + registered_domain(first.rpartition("@")[2]))
+        if first == sender:
+            out.add("m:to is from")
 
 
 # -- body -------------------------------------------------------------------------------

@@ -22,7 +22,11 @@ from appliance.classifier.model import (
     token_probability,
 )
 from appliance.classifier.table import TokenTable
-from appliance.classifier.tokenizer import TokenizerSettings, registered_domain, tokenize
+from appliance.classifier.tokenizer import (
+    TokenizerSettings,
+    registered_domain,
+    tokenize,
+)
 from appliance.storage.facade import Storage
 from appliance.storage.training import LedgerEntry
 
@@ -77,6 +81,27 @@ def test_pair_distance_controls_the_markov_part() -> None:
     assert "alpha _ charlie" not in tokens_of(content, pair_distance=1)
     assert "alpha _ charlie" in tokens_of(content, pair_distance=2)
     assert not any(" " in t and ":" not in t for t in tokens_of(content, pair_distance=0))
+
+
+def test_trace_and_mailer_fingerprint_tokens() -> None:
+    received = ("from mail.spam.example (dsl-7.isp.example [203.0.113.57]) by mx.example.com "
+                "(8.12.2/8.12.2) with ESMTP id g83K2buK013193; Tue, 3 Sep 2002 15:02:38 -0500")
+    extra = {"Received": received}
+    content = message(html="<p>hi</p>", extra=extra)
+    tokens = set(tokens_of(content))
+    assert {"ip:203", "ip:203.0", "ip:203.0.113"} <= tokens
+    assert not any(t.startswith("ip:8.12") for t in tokens)  # a version, not an address
+    assert any(t.startswith("ms:9") for t in tokens)  # <digits@...>: the shape "9"
+    assert any(t.startswith("bd:") and "9" in t for t in tokens)  # ===============123==
+    assert "td:example.com" in tokens and "m:to (none)" not in tokens
+    to_self = message(sender="king@spam.example", extra={})
+    to_self = to_self.replace(b"To: bob@example.com", b"To: king@spam.example")
+    assert "m:to is from" in tokens_of(to_self)
+    hidden = message().replace(b"To: bob@example.com",
+                               b"To: undisclosed-recipients:;")
+    assert "m:to undisclosed" in tokens_of(hidden)
+    no_to = message().replace(b"To: bob@example.com\r\n", b"")
+    assert "m:to (none)" in tokens_of(no_to)
 
 
 def test_our_verdict_headers_and_subject_tag_teach_nothing() -> None:
