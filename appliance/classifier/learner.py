@@ -16,6 +16,7 @@ methods in a thread (`BackgroundLearner` does that for outgoing mail).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import Counter
@@ -33,7 +34,12 @@ from appliance.classifier.maturing import (
     leave_one_out_cells,
 )
 from appliance.classifier.model import DEFAULT_MODEL, ModelSettings
-from appliance.classifier.tokenizer import DEFAULT_SETTINGS, TokenizerSettings, tokenize
+from appliance.classifier.tokenizer import (
+    DEFAULT_SETTINGS,
+    TokenizerSettings,
+    is_pair,
+    tokenize,
+)
 from appliance.storage.training import LearnItem, LedgerEntry, validate_label
 from appliance.storage.writer import BackgroundWriter
 
@@ -235,30 +241,35 @@ class Learner:
                     keep.append(entry)
         counts: dict[str, list[int]] = {}
         # Each message's count cells (shared with `counts`): what maturing needs to score
-        # it leave-one-out and to change its weight, about 5 KB per message.
+        # it leave-one-out and to change its weight, about 5 KB per message. Maturing
+        # judges by the single tokens (see `_mature`); the word pairs' cells are kept
+        # apart and only counted.
         learned: list[tuple[LedgerEntry, list[list[int]]]] = []
+        pair_cells: list[list[list[int]]] = []
         missing: list[str] = []
         for entry in keep:
             content = corpus.read(entry.digest)
             if content is None:
                 missing.append(entry.digest)
                 continue
-            cells = []
+            cells: list[list[int]] = []
+            pairs: list[list[int]] = []
             for token in self.tokens(content):
-                pair = counts.get(token)
-                if pair is None:
-                    pair = counts[token] = [0, 0]
-                cells.append(pair)
+                cell = counts.get(token)
+                if cell is None:
+                    cell = counts[token] = [0, 0]
+                (pairs if is_pair(token) else cells).append(cell)
             learned.append((entry, cells))
+            pair_cells.append(pairs)
         weights = self._mature(learned)
         totals = Counter[str]()
-        for (entry, cells), weight in zip(learned, weights, strict=True):
+        for (entry, cells), pairs, weight in zip(learned, pair_cells, weights, strict=True):
             column = 0 if entry.label == "spam" else 1
             totals[entry.label] += weight
-            for pair in cells:
-                pair[column] += weight
+            for cell in itertools.chain(cells, pairs):
+                cell[column] += weight
         matured = sum(w != e.weight for (e, _), w in zip(learned, weights, strict=True))
-        del learned
+        del learned, pair_cells
         store.drop_entries(doomed + missing)
         for digest in doomed:
             corpus.delete(digest)
@@ -282,7 +293,11 @@ class Learner:
     def _mature(self, learned: Sequence[tuple[LedgerEntry, list[list[int]]]]) -> list[int]:
         """The weight each message is counted with: its ledger weight, raised for the
         messages the counts misjudge leave-one-out (see `maturing`). `learned` holds each
-        message's count cells, still zero; they are left zero."""
+        message's count cells of its single tokens, still zero; they are left zero.
+
+        Word pairs are left out of this judgement: scored with all of them, a newsletter's
+        boilerplate counts many times over and maturing raises the wrong messages
+        (on the SpamAssassin corpus, 15 seeds: 0.26% instead of 0.22% false positives)."""
         settings = self.maturing
         weights = [entry.weight for entry, _ in learned]
         spam = [entry.label == "spam" for entry, _ in learned]

@@ -18,6 +18,7 @@ Tokens carry a short prefix that says where they come from, so "free" in the sub
     ht:TAG ha:TAG.ATTR hv:TAG.ATTR=VALUE   HTML tags, their attributes, presentational values
     WORD            a body word (text parts, HTML as text), lower-cased
     A B / A _ B / A _ _ B   orthogonal sparse bigrams: body word pairs 1, 2 and 3 apart
+                    (the only tokens with a space and no colon: see `is_pair`)
 
 Our own verdict headers (X-Spam-*, X-Postwall-*) and the subject tag are ignored, so a
 tagged copy forwarded to spam@ teaches the same as the original.
@@ -91,6 +92,12 @@ def registered_domain(host: str) -> str:
     if labels[-2] in _SECOND_LEVEL and len(labels[-1]) == 2:
         return ".".join(labels[-3:])
     return ".".join(labels[-2:])
+
+
+def is_pair(token: str) -> bool:
+    """A body word pair (the Markov part): words never hold a space or a colon, and every
+    other token with a space carries a prefix ("s:", "m:", "skip:")."""
+    return " " in token and ":" not in token
 
 
 def _shape(value: str) -> str:

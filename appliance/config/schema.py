@@ -1147,6 +1147,10 @@ class BayesSettings(FilterSettings):
     max_clues: int = Field(
         150, ge=5, le=1000, description="Strongest tokens combined (Robinson/Fisher)."
     )
+    max_pair_clues: int = Field(
+        5, ge=0, le=1000, description="Of those, at most this many body word pairs (a "
+        "pair repeats its words' evidence; 0 judges by single tokens only)."
+    )
     strength: float = Field(
         0.16, gt=0, le=10, description="Robinson's s: how strongly a rarely seen token is "
         "pulled towards 0.5."

@@ -88,7 +88,7 @@ class BayesFilter(Filter):
 
 def model_settings(settings: BayesSettings) -> ModelSettings:
     return ModelSettings(strength=settings.strength, min_strength=settings.min_strength,
-                         max_clues=settings.max_clues)
+                         max_clues=settings.max_clues, max_pair_clues=settings.max_pair_clues)
 
 
 def tokenizer_settings(settings: BayesSettings, subject_prefix: str) -> TokenizerSettings:

@@ -19,11 +19,13 @@ from appliance.classifier.model import (
     classify,
     combine,
     log_chi2q,
+    strongest_clues,
     token_probability,
 )
 from appliance.classifier.table import TokenTable
 from appliance.classifier.tokenizer import (
     TokenizerSettings,
+    is_pair,
     registered_domain,
     tokenize,
 )
@@ -81,6 +83,13 @@ def test_pair_distance_controls_the_markov_part() -> None:
     assert "alpha _ charlie" not in tokens_of(content, pair_distance=1)
     assert "alpha _ charlie" in tokens_of(content, pair_distance=2)
     assert not any(" " in t and ":" not in t for t in tokens_of(content, pair_distance=0))
+
+
+def test_only_body_word_pairs_are_pairs() -> None:
+    tokens = tokens_of(message(subject="cheap watches now", body="alpha bravo " + "x" * 40))
+    pairs = {t for t in tokens if is_pair(t)}
+    assert pairs == {"alpha bravo"}  # not "s:cheap watches", "m:rcpts 1" or "skip:x 40"
+    assert {"s:cheap watches", "m:rcpts 1", "skip:x 40"} <= set(tokens)
 
 
 def test_trace_and_mailer_fingerprint_tokens() -> None:
@@ -167,6 +176,18 @@ def test_classify_uses_the_strongest_clues_only() -> None:
     assert [c.token for c in result.clues] == [f"spam{i}" for i in range(10)]
     assert result.probability > 0.99 and result.tokens == 211 and result.known == 10
     assert result.confidence > 0.9
+
+
+def test_word_pairs_are_few_among_the_clues() -> None:
+    table = {f"w{i} w{i + 1}": 0.999 for i in range(20)} | {f"word{i}": 0.99 for i in range(20)}
+    tokens = list(table)
+    result = classify(tokens, table, ModelSettings(max_pair_clues=5))
+    assert sum(is_pair(c.token) for c in result.clues) == 5
+    assert len(result.clues) == 25 and result.clues[0].token == "w0 w1"  # strongest first
+    assert not any(is_pair(c.token)
+                   for c in classify(tokens, table, ModelSettings(max_pair_clues=0)).clues)
+    found = sorted(table.items(), key=lambda c: -abs(c[1] - 0.5))
+    assert len(strongest_clues(found, ModelSettings(max_clues=8, max_pair_clues=3))) == 8
 
 
 # -- ledger, learner and table ---------------------------------------------------------------
@@ -348,6 +369,29 @@ def test_rebuild_strengthens_the_ham_that_looks_like_spam(storage: Storage) -> N
     plain = Learner(storage, maturing=MaturingSettings(rounds=0))
     report = plain.rebuild(max_age_days=365, max_per_label=1000)
     assert (report.spam, report.ham, report.matured) == (60, 61, 0)
+
+
+def test_maturing_judges_by_single_tokens_but_pairs_are_counted(storage: Storage) -> None:
+    """Spam and ham use the same words in opposite order, so only the pairs tell them
+    apart. A ham in spam's order has nothing spammy but its pairs: maturing, which
+    judges by single tokens, leaves it alone; the pairs are still counted for the table."""
+    jobs = []
+    for i in range(60):
+        jobs.append(LearnJob(message(f"offer {i}", f"alpha bravo charlie delta {i}",
+                                     f"seller{i}@spam.example"), "spam", "cli"))
+        jobs.append(LearnJob(message(f"notes {i}", f"delta charlie bravo alpha {i}",
+                                     f"colleague{i}@work.example"), "ham", "cli"))
+    jobs.append(LearnJob(message("notes", "alpha bravo charlie delta",
+                                 "colleague1@work.example"), "ham", "cli"))
+    learner = Learner(storage)
+    learner.learn_many(jobs)
+    report = learner.rebuild(max_age_days=365, max_per_label=1000)
+    assert (report.spam, report.ham, report.matured) == (60, 61, 0)
+    table = TokenTable()
+    table.refresh(storage.training)
+    assert table.probabilities["alpha bravo"] > 0.9  # spam's order
+    assert table.probabilities["delta charlie"] < 0.1  # ham's
+    assert "alpha" not in table.probabilities  # both use it: no clue
 
 
 def test_small_corpora_are_not_matured(storage: Storage) -> None:
