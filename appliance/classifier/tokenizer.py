@@ -100,6 +100,18 @@ def is_pair(token: str) -> bool:
     return " " in token and ":" not in token
 
 
+def network_tokens(a: str, b: str, c: str) -> tuple[str, str, str]:
+    """ip:A, ip:A.B, ip:A.B.C: the /8, /16 and /24 an IPv4 address a.b.c.x is in."""
+    return f"ip:{a}", f"ip:{a}.{b}", f"ip:{a}.{b}.{c}"
+
+
+def client_network_tokens(address: str) -> tuple[str, ...]:
+    """The networks of the connecting client, for a message still without our Received
+    header: the copy a user later forwards to spam@ carries it, so both teach the same."""
+    match = _IPV4_RE.fullmatch(address)
+    return network_tokens(*match.groups()) if match else ()
+
+
 def _shape(value: str) -> str:
     """How a generated string is built, not what it says: 3D5F.1a2b@x -> 9A9A.9a9a@a."""
     value = _SHAPE_DIGITS_RE.sub("9", value)
@@ -194,9 +206,9 @@ def _header_tokens(msg: Message, out: _Collector, settings: TokenizerSettings) -
             # The networks the message came through: a sender's own servers, an ISP's
             # dial-up pool or an open relay abroad tell more than the host names it claims.
             for a, b, c in _IPV4_RE.findall(value[:500]):
-                networks.update((a, f"{a}.{b}", f"{a}.{b}.{c}"))
+                networks.update(network_tokens(a, b, c))
     out.extend("h:", sorted(names))
-    out.extend("ip:", sorted(networks))
+    out.extend("", sorted(networks))
 
     def first(name: str) -> str:
         values = wanted.get(name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from appliance.classifier.model import Classification, ModelSettings, classify
-from appliance.classifier.tokenizer import TokenizerSettings, tokenize
+from appliance.classifier.tokenizer import TokenizerSettings, client_network_tokens, tokenize
 from appliance.config.schema import BayesSettings
 from appliance.context import TransactionContext
 from appliance.filters.base import Filter
@@ -79,7 +79,12 @@ class BayesFilter(Filter):
             return self.found(self.hit(
                 "BAYES_UNSURE", f"too little training: {table.spam} spam / {table.ham} ham "
                 f"learned, {self.min_spam} / {self.min_ham} needed"))
-        result = classify(tokenize(ctx.message, self.tokenizer), table.probabilities, self.model)
+        tokens = tokenize(ctx.message, self.tokenizer)
+        peer = ctx.connection.peer_ip
+        if peer.version == 4:
+            known = set(tokens)
+            tokens.extend(t for t in client_network_tokens(str(peer)) if t not in known)
+        result = classify(tokens, table.probabilities, self.model)
         if result.known < self.min_clues:
             return self.found(self.hit(
                 "BAYES_UNSURE", f"only {result.known} known tokens of {result.tokens}"))

@@ -25,6 +25,7 @@ from appliance.classifier.model import (
 from appliance.classifier.table import TokenTable
 from appliance.classifier.tokenizer import (
     TokenizerSettings,
+    client_network_tokens,
     is_pair,
     registered_domain,
     tokenize,
@@ -99,6 +100,8 @@ def test_trace_and_mailer_fingerprint_tokens() -> None:
     content = message(html="<p>hi</p>", extra=extra)
     tokens = set(tokens_of(content))
     assert {"ip:203", "ip:203.0", "ip:203.0.113"} <= tokens
+    assert set(client_network_tokens("203.0.113.57")) <= tokens  # what the filter adds
+    assert client_network_tokens("2001:db8::1") == client_network_tokens("1.2.3") == ()
     assert not any(t.startswith("ip:8.12") for t in tokens)  # a version, not an address
     assert any(t.startswith("ms:9") for t in tokens)  # <digits@...>: the shape "9"
     assert any(t.startswith("bd:") and "9" in t for t in tokens)  # ===============123==
