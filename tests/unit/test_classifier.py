@@ -348,14 +348,21 @@ def test_leave_one_out_takes_the_message_itself_off() -> None:
     assert corrected_weight(0.9, True, 1, True, settings) == 1
 
 
+def sixty_of_each(spam: tuple[str, str], ham: tuple[str, str]) -> list[LearnJob]:
+    """60 spam and 60 ham: (subject, body) templates with {i}, each from its own sender."""
+    jobs = []
+    for i in range(60):
+        jobs.append(LearnJob(message(spam[0].format(i=i), spam[1].format(i=i),
+                                     f"seller{i}@spam.example"), "spam", "cli"))
+        jobs.append(LearnJob(message(ham[0].format(i=i), ham[1].format(i=i),
+                                     f"colleague{i}@work.example"), "ham", "cli"))
+    return jobs
+
+
 def test_rebuild_strengthens_the_ham_that_looks_like_spam(storage: Storage) -> None:
     def corpus(learner: Learner) -> None:
-        jobs = []
-        for i in range(60):
-            jobs.append(LearnJob(message(f"cheap offer {i}", f"buy cheap pills now deal {i}",
-                                         f"seller{i}@spam.example"), "spam", "cli"))
-            jobs.append(LearnJob(message(f"meeting notes {i}", f"the agenda for monday {i}",
-                                         f"colleague{i}@work.example"), "ham", "cli"))
+        jobs = sixty_of_each(("cheap offer {i}", "buy cheap pills now deal {i}"),
+                             ("meeting notes {i}", "the agenda for monday {i}"))
         # A newsletter the user asked for: spam's words, a known ham sender.
         jobs.append(LearnJob(message("cheap offer weekly", "buy cheap pills now deal",
                                      "colleague1@work.example"), "ham", "cli"))
@@ -378,12 +385,8 @@ def test_maturing_judges_by_single_tokens_but_pairs_are_counted(storage: Storage
     """Spam and ham use the same words in opposite order, so only the pairs tell them
     apart. A ham in spam's order has nothing spammy but its pairs: maturing, which
     judges by single tokens, leaves it alone; the pairs are still counted for the table."""
-    jobs = []
-    for i in range(60):
-        jobs.append(LearnJob(message(f"offer {i}", f"alpha bravo charlie delta {i}",
-                                     f"seller{i}@spam.example"), "spam", "cli"))
-        jobs.append(LearnJob(message(f"notes {i}", f"delta charlie bravo alpha {i}",
-                                     f"colleague{i}@work.example"), "ham", "cli"))
+    jobs = sixty_of_each(("offer {i}", "alpha bravo charlie delta {i}"),
+                         ("notes {i}", "delta charlie bravo alpha {i}"))
     jobs.append(LearnJob(message("notes", "alpha bravo charlie delta",
                                  "colleague1@work.example"), "ham", "cli"))
     learner = Learner(storage)
