@@ -8,6 +8,7 @@ Tokens carry a short prefix that says where they come from, so "free" in the sub
     rd:DOM          Reply-To domain (rt:differs)        mi:DOM   Message-ID domain
     xm:WORD         mailer (X-Mailer, User-Agent)       rh:DOM   Received host domains
     ip:A ip:A.B ip:A.B.C   the /8, /16 and /24 of the addresses in Received headers
+    ip6:G:G ...     likewise the /32, /48 and /64 of IPv6 address literals there
     ms:SHAPE bd:SHAPE      the shape of the Message-ID's left part and of the MIME
                     boundary (digits 9, letter runs a/A): each mailer builds them its way
     td:DOM          To domain (m:to ... when missing, undisclosed or the sender itself)
@@ -26,6 +27,7 @@ tagged copy forwarded to spam@ teaches the same as the original.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import re
 from collections.abc import Iterable
@@ -77,6 +79,8 @@ _WANTED_HEADERS = frozenset({
     "subject", "from", "reply-to", "message-id", "date", "x-mailer", "user-agent", "to", "cc",
 })
 _IPV4_RE = re.compile(r"(?<![\d.])(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.\d{1,3}(?![\d.])")
+# IPv6 appears as an address literal: [IPv6:2001:db8::1] (RFC 5321) or [2001:db8::1].
+_IPV6_LITERAL_RE = re.compile(r"\[(?:IPv6:)?([0-9A-Fa-f:.]{2,45})\]", re.IGNORECASE)
 _SHAPE_DIGITS_RE = re.compile(r"[0-9]+")
 _SHAPE_LOWER_RE = re.compile(r"[a-z]+")
 _SHAPE_UPPER_RE = re.compile(r"[A-Z]+")
@@ -105,11 +109,39 @@ def network_tokens(a: str, b: str, c: str) -> tuple[str, str, str]:
     return f"ip:{a}", f"ip:{a}.{b}", f"ip:{a}.{b}.{c}"
 
 
+def ipv6_network_tokens(address: ipaddress.IPv6Address) -> tuple[str, ...]:
+    """ip6:2001:db8, ip6:2001:db8:5, ip6:2001:db8:5:0: the /32 (a provider), /48 (a site)
+    and /64 (a network); an IPv4-mapped address is its IPv4 address."""
+    if address.ipv4_mapped is not None:
+        return network_tokens(*str(address.ipv4_mapped).split(".")[:3])
+    groups = [format(int(group, 16), "x") for group in address.exploded.split(":")[:4]]
+    return (f"ip6:{':'.join(groups[:2])}", f"ip6:{':'.join(groups[:3])}",
+            f"ip6:{':'.join(groups)}")
+
+
 def client_network_tokens(address: str) -> tuple[str, ...]:
     """The networks of the connecting client, for a message still without our Received
     header: the copy a user later forwards to spam@ carries it, so both teach the same."""
     match = _IPV4_RE.fullmatch(address)
-    return network_tokens(*match.groups()) if match else ()
+    if match:
+        return network_tokens(*match.groups())
+    try:
+        return ipv6_network_tokens(ipaddress.IPv6Address(address))
+    except ValueError:
+        return ()
+
+
+def _received_network_tokens(value: str) -> set[str]:
+    networks: set[str] = set()
+    for a, b, c in _IPV4_RE.findall(value):
+        networks.update(network_tokens(a, b, c))
+    if ":" in value:
+        for literal in _IPV6_LITERAL_RE.findall(value):
+            try:
+                networks.update(ipv6_network_tokens(ipaddress.IPv6Address(literal)))
+            except ValueError:
+                continue
+    return networks
 
 
 def _shape(value: str) -> str:
@@ -205,8 +237,7 @@ def _header_tokens(msg: Message, out: _Collector, settings: TokenizerSettings) -
             out.extend("rh:", sorted(hosts))
             # The networks the message came through: a sender's own servers, an ISP's
             # dial-up pool or an open relay abroad tell more than the host names it claims.
-            for a, b, c in _IPV4_RE.findall(value[:500]):
-                networks.update(network_tokens(a, b, c))
+            networks.update(_received_network_tokens(value[:500]))
     out.extend("h:", sorted(names))
     out.extend("", sorted(networks))
 

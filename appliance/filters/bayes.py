@@ -80,10 +80,9 @@ class BayesFilter(Filter):
                 "BAYES_UNSURE", f"too little training: {table.spam} spam / {table.ham} ham "
                 f"learned, {self.min_spam} / {self.min_ham} needed"))
         tokens = tokenize(ctx.message, self.tokenizer)
-        peer = ctx.connection.peer_ip
-        if peer.version == 4:
-            known = set(tokens)
-            tokens.extend(t for t in client_network_tokens(str(peer)) if t not in known)
+        known = set(tokens)
+        tokens.extend(t for t in client_network_tokens(str(ctx.connection.peer_ip))
+                      if t not in known)
         result = classify(tokens, table.probabilities, self.model)
         if result.known < self.min_clues:
             return self.found(self.hit(

@@ -101,7 +101,11 @@ def test_trace_and_mailer_fingerprint_tokens() -> None:
     tokens = set(tokens_of(content))
     assert {"ip:203", "ip:203.0", "ip:203.0.113"} <= tokens
     assert set(client_network_tokens("203.0.113.57")) <= tokens  # what the filter adds
-    assert client_network_tokens("2001:db8::1") == client_network_tokens("1.2.3") == ()
+    assert client_network_tokens("1.2.3") == client_network_tokens("2001:db8") == ()
+    v6 = message(extra={"Received": "from relay (relay.example [IPv6:2001:db8:5:6::25]) by "
+                                     "mx.example.com with ESMTPS id 4F2; Tue, 3 Sep 2002"})
+    assert {"ip6:2001:db8", "ip6:2001:db8:5", "ip6:2001:db8:5:6"} <= set(tokens_of(v6))
+    assert set(client_network_tokens("2001:db8:5:6::9")) <= set(tokens_of(v6))
     assert not any(t.startswith("ip:8.12") for t in tokens)  # a version, not an address
     assert any(t.startswith("ms:9") for t in tokens)  # <digits@...>: the shape "9"
     assert any(t.startswith("bd:") and "9" in t for t in tokens)  # ===============123==

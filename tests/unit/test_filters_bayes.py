@@ -40,8 +40,18 @@ async def test_the_connecting_clients_networks_are_tokens() -> None:
     assert symbol.name in ("BAYES_99", "BAYES_999") and "clues=5/" in symbol.reason
     other = await flt.check(tx("198.51.100.7"))  # another network: only the 2 words
     assert [s.name for s in other.symbols] == ["BAYES_UNSURE"]
-    ipv6 = await flt.check(tx("2001:db8::1"))  # no IPv6 networks: nothing added
-    assert [s.name for s in ipv6.symbols] == ["BAYES_UNSURE"]
+    mapped = await flt.check(tx("::ffff:203.0.113.9"))  # IPv4-mapped: its IPv4 networks
+    assert "clues=5/" in mapped.symbols[0].reason
+
+
+async def test_an_ipv6_clients_networks_are_tokens() -> None:
+    network = {"ip6:2001:db8": 0.99, "ip6:2001:db8:5": 0.99, "ip6:2001:db8:5:0": 0.99}
+    flt = make(network | {"s:hello": 0.99, "see": 0.99})
+    verdict = await flt.check(tx("2001:db8:5::25"))
+    assert "clues=5/" in verdict.symbols[0].reason
+    elsewhere = await flt.check(tx("2001:db8:6::25"))  # same /32 only
+    [symbol] = elsewhere.symbols
+    assert symbol.name == "BAYES_UNSURE" and "only 3 known tokens" in symbol.reason
 
 
 async def test_too_little_training_is_unsure() -> None:
