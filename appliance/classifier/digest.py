@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from email.message import Message
 
 from appliance import mime
 from appliance.actions import strip_own_headers
@@ -14,13 +15,17 @@ _TRAILING_SPACE_RE = re.compile(rb"[ \t]+(?=\r?\n)")
 _IDENTITY_HEADERS = ("Message-ID", "From", "Date", "Subject")
 
 
-def message_digest(content: bytes, subject_prefix: str = "") -> str:
+def message_digest(
+    content: bytes, subject_prefix: str = "", headers: Message | None = None
+) -> str:
     """sha256 (hex) over the identifying headers (decoded, whitespace collapsed, our own
     subject tag removed) and the body with line ends and trailing blanks normalised.
-    Trace and verdict headers (Received, X-Spam-*, ...) are not part of it."""
+    Trace and verdict headers (Received, X-Spam-*, ...) are not part of it. `headers`:
+    `mime.parse_headers(content)`, when the caller has it already."""
     match = _HEADER_END_RE.search(content)
     body = content[match.end():] if match else b""
-    headers = mime.parse_headers(content)
+    if headers is None:
+        headers = mime.parse_headers(content)
     digest = hashlib.sha256()
     for name in _IDENTITY_HEADERS:
         value = " ".join(mime.decoded_header(headers, name).split())

@@ -143,18 +143,20 @@ class Learner:
                 results[index] = LearnResult("refused", job.label, detail="empty message")
             else:
                 copy = training_copy(job.content)
+                headers = mime.parse_headers(copy)
                 pending[index] = _Prepared(
-                    job, copy, message_digest(copy, self.settings.subject_prefix),
-                    mime.decoded_header(mime.parse_headers(copy), "Subject"),
+                    job, copy, message_digest(copy, self.settings.subject_prefix, headers),
+                    mime.decoded_header(headers, "Subject"),
                 )
         store, corpus = self.storage.training, self.storage.corpus
         for _attempt in range(3):
             if not pending:
                 break
             items: list[tuple[int, LearnItem]] = []
+            known = store.get_many([prepared.digest for prepared in pending.values()])
             for index, prepared in pending.items():
                 job = prepared.job
-                previous = store.get(prepared.digest)
+                previous = known.get(prepared.digest)
                 if previous is not None and previous.label == job.label:
                     results[index] = LearnResult("already", job.label, prepared.digest,
                                                  prepared.subject)

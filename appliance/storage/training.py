@@ -95,6 +95,26 @@ def _insert_for(dialect: str) -> Any:
     raise NotImplementedError(f"token upsert is not implemented for {dialect}")
 
 
+def _execute_many(
+    conn: Connection, stmt: Any, names: tuple[str, ...], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Execute `stmt` once per row of values for `names`, straight through the driver.
+
+    A batch of 50 messages upserts some 12,000 tokens; SQLAlchemy's per-row parameter
+    processing took a third of the learning time. The statement is still built and
+    compiled by SQLAlchemy for the connection's dialect, only once."""
+    compiled = stmt.compile(dialect=conn.dialect)
+    if compiled.positional:
+        order = [names.index(name) for name in compiled.positiontup]
+        if order != list(range(len(names))):
+            rows = [tuple(row[i] for i in order) for row in rows]
+        params: Sequence[Any] = rows
+    else:
+        params = [dict(zip(names, row, strict=True)) for row in rows]
+    for start in range(0, len(params), _CHUNK):
+        conn.exec_driver_sql(str(compiled), params[start : start + _CHUNK])
+
+
 def _not_negative(expression: Any) -> Any:
     return case((expression < 0, literal(0)), else_=expression)
 
@@ -112,6 +132,17 @@ class TrainingStore:
         with self._db.read() as conn:
             row = conn.execute(select(t).where(t.c.digest == digest)).first()
         return _entry(row._mapping) if row is not None else None
+
+    def get_many(self, digests: Sequence[str]) -> dict[str, LedgerEntry]:
+        """The ledger rows of those digests that have one (one query per 500)."""
+        t = training_ledger
+        found: dict[str, LedgerEntry] = {}
+        with self._db.read() as conn:
+            for start in range(0, len(digests), _CHUNK):
+                chunk = list(digests[start : start + _CHUNK])
+                for row in conn.execute(select(t).where(t.c.digest.in_(chunk))):
+                    found[row.digest] = _entry(row._mapping)
+        return found
 
     def entries(
         self, *, label: str | None = None, limit: int = 100, offset: int = 0,
@@ -179,6 +210,7 @@ class TrainingStore:
                 ):
                     current[row.digest] = _entry(row._mapping)
             seen: set[str] = set()
+            rows = []
             for item in items:
                 entry, previous = item.entry, item.previous
                 if current.get(entry.digest) != previous or entry.digest in seen:
@@ -191,7 +223,9 @@ class TrainingStore:
                     add(list(dict.fromkeys(old)), previous.label, -previous.weight)
                     conn.execute(delete(t).where(t.c.digest == entry.digest))
                 add(list(dict.fromkeys(item.tokens)), entry.label, entry.weight)
-                conn.execute(t.insert().values(**_row(entry)))
+                rows.append(_row(entry))
+            if rows:
+                conn.execute(t.insert(), rows)  # one statement, after the corrections' deletes
             if any(done):
                 seq = self._bump(conn, "bayes_seq")
                 self._apply_deltas(conn, deltas, seq)
@@ -254,7 +288,7 @@ class TrainingStore:
         """Add (spam, ham) deltas to tokens: increases as one upsert, decreases (never
         below zero) as updates."""
         t = bayes_tokens
-        rows = [{"token": tok, "spam": max(s, 0), "ham": max(h, 0), "seq": seq}
+        rows = [(tok, max(s, 0), max(h, 0), seq)
                 for tok, (s, h) in deltas.items() if s > 0 or h > 0]
         if rows:
             stmt = _insert_for(conn.dialect.name)(t)
@@ -263,8 +297,7 @@ class TrainingStore:
                 set_={"spam": t.c.spam + stmt.excluded.spam, "ham": t.c.ham + stmt.excluded.ham,
                       "seq": stmt.excluded.seq},
             )
-            for start in range(0, len(rows), _CHUNK):
-                conn.execute(stmt, rows[start : start + _CHUNK])
+            _execute_many(conn, stmt, ("token", "spam", "ham", "seq"), rows)
         for column, index in (("spam", 0), ("ham", 1)):
             by_amount: dict[int, list[str]] = {}
             for tok, pair in deltas.items():
