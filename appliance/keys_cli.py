@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from appliance import batv, srs
+from appliance.cli import config_option
 from appliance.keyfile import KeyFileError
 from appliance.keyrotation import KeyLine, Rotation, batv_line, rotate, srs_line
 
@@ -57,9 +58,7 @@ def batv_group() -> None:
 
 
 @batv_group.command("rotate")
-@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
-              default=Path("/etc/postwall/postwall.yml"), show_default=True,
-              help="Base configuration file.")
+@config_option
 def batv_rotate(config_path: Path) -> None:
     """Sign with a new key; keep older keys while their tags are valid (valid_days)."""
     from appliance.cli import load_or_exit
@@ -79,9 +78,7 @@ def srs_group() -> None:
 
 
 @srs_group.command("rotate")
-@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
-              default=Path("/etc/postwall/postwall.yml"), show_default=True,
-              help="Base configuration file.")
+@config_option
 def srs_rotate(config_path: Path) -> None:
     """Sign with a new secret; keep older ones while their addresses are valid
     (max_age_days)."""

@@ -13,14 +13,9 @@ from pathlib import Path
 import click
 
 from appliance.backup.errors import BackupError
+from appliance.cli import config_option
 
-DEFAULT_CONFIG = Path("/etc/postwall/postwall.yml")
 DEFAULT_HOME = Path("/opt/postwall")
-
-config_option = click.option(
-    "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
-    default=DEFAULT_CONFIG, show_default=True, help="Base configuration file.",
-)
 
 
 def _load(config_path: Path):  # type: ignore[no-untyped-def]
