@@ -149,7 +149,7 @@ class ClamdInstance(LocalDaemon):
             raise ServiceError(f"clamd's PID file says {pid_text!r}, its PID is {proc.pid}")
         return self
 
-    def _after_stop(self) -> None:
+    def _after_stop(self, pid: int) -> None:
         # A SIGKILLed clamd leaves its socket file behind; callers expect "refused".
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()

@@ -38,14 +38,12 @@ import dns.resolver
 from tests.support.services import (
     _REAPER,
     LOOPBACK,
+    LocalDaemon,
     ServiceError,
     _make_base_dir,
     _read_text,
     _register,
-    _remove_base_dir,
-    _unregister,
     free_port,
-    terminate,
     wait_until,
 )
 
@@ -67,8 +65,10 @@ def txt_record(text: str) -> str:
     return "( " + " ".join(f'"{chunk}"' for chunk in chunks) + " )"
 
 
-class AuthoritativeDNS:
+class AuthoritativeDNS(LocalDaemon):
     """NSD serving the zones given by `set_zone`, on 127.0.0.1:`port` (UDP and TCP)."""
+
+    stop_timeout = 10.0
 
     def __init__(self, *, port: int | None = None, ttl: int = 60, negative_ttl: int = 60) -> None:
         self.host = LOOPBACK
@@ -76,6 +76,7 @@ class AuthoritativeDNS:
         self.ttl = ttl
         self.negative_ttl = negative_ttl
         self.base_dir = _make_base_dir("postwall-nsd-")
+        self._own_base = True
         self.zones_dir = self.base_dir / "zones"
         self.zones_dir.mkdir()
         self.config_path = self.base_dir / "nsd.conf"
@@ -88,14 +89,6 @@ class AuthoritativeDNS:
     def nameserver(self) -> str:
         """The value for the proxy's `dns.nameservers`."""
         return f"{self.host}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self.is_running and self._proc else None
-
-    @property
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     # -- zones ----------------------------------------------------------------------
 
@@ -230,19 +223,6 @@ class AuthoritativeDNS:
 
         if not wait_until(loaded, timeout, interval=0.02):
             raise ServiceError(f"NSD did not load the new zones:\n{self.diagnostics()}")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        terminate(proc, timeout=timeout)
-        _REAPER.forget(proc.pid)
-        _unregister(self)
-        self._proc = None
-
-    def cleanup(self) -> None:
-        self.stop()
-        _remove_base_dir(self.base_dir)
 
     def diagnostics(self) -> str:
         return _read_text(self.log_path)[-4000:] + _read_text(self.base_dir / "stderr.log")[-4000:]

@@ -395,39 +395,18 @@ def _remove_base_dir(base: Path) -> None:
 
 
 
-class LocalDaemon:
-    """What every daemon the tests run as a plain process shares: its Popen, stop by PID
-    (SIGTERM, then SIGKILL), a throwaway base directory removed by `cleanup`. Subclasses
-    set `_proc`, `base_dir` and `_own_base`, and define `start`."""
+class ThrowawayService:
+    """A service a test starts, stops for a while, and throws away with its base
+    directory. Subclasses set `base_dir` and `_own_base`, and define `start` and `stop`."""
 
-    _proc: subprocess.Popen[bytes] | None
     base_dir: Path
     _own_base: bool
-    stop_timeout: float = 15.0
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self.is_running and self._proc else None
-
-    @property
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> Any:
         raise NotImplementedError
 
-    def stop(self, timeout: float | None = None) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        terminate(proc, timeout=self.stop_timeout if timeout is None else timeout)
-        _REAPER.forget(proc.pid)
-        _unregister(self)
-        self._proc = None
-        self._after_stop()
-
-    def _after_stop(self) -> None:
-        """What a killed daemon leaves behind and the tests must not see."""
+    def stop(self) -> Any:
+        raise NotImplementedError
 
     @contextlib.contextmanager
     def stopped(self) -> Iterator[Any]:
@@ -439,9 +418,40 @@ class LocalDaemon:
             self.start()
 
     def cleanup(self) -> None:
+        """Stop, and remove the throwaway directory (unless POSTWALL_TEST_KEEP_DIRS=1)."""
         self.stop()
         if self._own_base:
             _remove_base_dir(self.base_dir)
+
+
+class LocalDaemon(ThrowawayService):
+    """What every daemon the tests run as a plain process shares: its Popen, stop by PID
+    (SIGTERM, then SIGKILL), a throwaway base directory removed by `cleanup`. Subclasses
+    set `_proc`, `base_dir` and `_own_base`, and define `start`."""
+
+    _proc: subprocess.Popen[bytes] | None
+    stop_timeout: float = 15.0
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self.is_running and self._proc else None
+
+    @property
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self, timeout: float | None = None) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        terminate(proc, timeout=self.stop_timeout if timeout is None else timeout)
+        _REAPER.forget(proc.pid)
+        _unregister(self)
+        self._proc = None
+        self._after_stop(proc.pid)
+
+    def _after_stop(self, pid: int) -> None:
+        """What a stopped daemon leaves behind and the tests must not see."""
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """A new dict: `override` merged into `base`; nested dicts merge, anything else replaces."""
@@ -471,7 +481,7 @@ def postfix_supports(parameter: str) -> bool:
     return result.returncode == 0 and result.stdout.startswith(f"{parameter} =")
 
 
-class PostfixInstance:
+class PostfixInstance(ThrowawayService):
     """A private Postfix on 127.0.0.1:PORT relaying every message to `relay_host:relay_port`.
 
     Port: `port`, else ``POSTWALL_TEST_POSTFIX_PORT``, else 125. Layout under `base_dir`:
@@ -724,21 +734,6 @@ class PostfixInstance:
         """``postfix reload``: re-read main.cf/master.cf and the maps."""
         self._run([str(POSTFIX_BIN), "-c", str(self.config_dir), "reload"])
 
-    @contextlib.contextmanager
-    def stopped(self) -> Iterator[PostfixInstance]:
-        """Postfix is down inside the block and always running again after it."""
-        self.stop()
-        try:
-            yield self
-        finally:
-            self.start()
-
-    def cleanup(self) -> None:
-        """Stop, and remove the throwaway directory (unless POSTWALL_TEST_KEEP_DIRS=1)."""
-        self.stop()
-        if self._own_base:
-            _remove_base_dir(self.base_dir)
-
     # -- observation -----------------------------------------------------------------
 
     @property
@@ -838,12 +833,14 @@ class RecordedMessage:
         return True
 
 
-class RecordingServer:
+class RecordingServer(LocalDaemon):
     """The recording SMTP server process and the messages it stored.
 
     Port: `port`, else ``POSTWALL_TEST_RECORDER_PORT``, else a free one chosen at start
     (kept across restarts, since Postfix's transport map points at it).
     """
+
+    stop_timeout = 10.0
 
     def __init__(
         self,
@@ -871,14 +868,6 @@ class RecordingServer:
         self.stderr_path = self.base_dir / "stderr.log"
         self.probe_log_path = self.base_dir / "probes.log"
         self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self.is_running and self._proc else None
-
-    @property
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def probes(self) -> list[tuple[str, str, int]]:
         """(command, address, reply code) of every RCPT and VRFY received, in order."""
@@ -943,29 +932,8 @@ class RecordingServer:
             diagnostics=self.stderr_text,
         )
 
-    def stop(self, timeout: float = 10.0) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        terminate(proc, timeout=timeout)
-        kill_process_group(proc.pid, grace=1.0)
-        _REAPER.forget(proc.pid)
-        _unregister(self)
-        self._proc = None
-
-    @contextlib.contextmanager
-    def stopped(self) -> Iterator[RecordingServer]:
-        """The internal server is down inside the block (Postfix defers), up again after."""
-        self.stop()
-        try:
-            yield self
-        finally:
-            self.start()
-
-    def cleanup(self) -> None:
-        self.stop()
-        if self._own_base:
-            _remove_base_dir(self.base_dir)
+    def _after_stop(self, pid: int) -> None:
+        kill_process_group(pid, grace=1.0)
 
     def stderr_text(self) -> str:
         return _read_text(self.stderr_path)
